@@ -1,0 +1,13 @@
+"""Tail a running Python app's logs live over WebSocket and Server-Sent Events."""
+
+from ._structlog import StructlogProcessor
+from ._version import __version__
+from .handler import WebSocketHandler, broadcast_log, broadcast_log_sync
+
+__all__ = [
+    "StructlogProcessor",
+    "WebSocketHandler",
+    "__version__",
+    "broadcast_log",
+    "broadcast_log_sync",
+]

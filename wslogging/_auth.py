@@ -1,0 +1,89 @@
+"""Pure: API keys, where a request carries one, and the loopback ``Host`` check."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import secrets
+from collections.abc import Iterable, Mapping
+
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
+
+
+def parse_keys(value: str | Iterable[str] | None) -> list[str]:
+    """Keys from a list, or from one comma-separated string; blanks are ignored."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    keys = []
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"API keys must be strings, not {type(item).__name__}")
+        if item.strip():
+            keys.append(item.strip())
+    return keys
+
+
+def configured_keys(
+    api_keys: str | Iterable[str] | None, api_key_env: str | None, environ: Mapping[str, str]
+) -> list[str]:
+    """``api_keys`` when given (even empty), else the environment variable's keys."""
+    if api_keys is not None:
+        return parse_keys(api_keys)
+    if api_key_env:
+        return parse_keys(environ.get(api_key_env))
+    return []
+
+
+def generate_key() -> str:
+    """A random key for when none is configured (printed once to stderr by the handler)."""
+    return secrets.token_urlsafe(24)
+
+
+def _as_bytes(text: str) -> bytes:
+    # surrogateescape: aiohttp decodes header bytes that are not UTF-8 that way; any key text
+    # maps to bytes, so comparison never raises (a non-ASCII key is a 401, never a 500).
+    return text.encode("utf-8", "surrogateescape")
+
+
+class KeyRing:
+    """The accepted keys, compared in constant time as bytes."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self._keys = [_as_bytes(k) for k in keys]
+        if not self._keys:
+            raise ValueError("at least one API key is required")
+
+    def check(self, presented: str) -> bool:
+        """Whether ``presented`` is one of the keys. Compares with every key, so the time
+        taken tells nothing about which key (or how much of one) matched."""
+        candidate = _as_bytes(presented)
+        ok = False
+        for key in self._keys:
+            ok |= hmac.compare_digest(candidate, key)
+        return ok
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, else ``None``."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a bind address or a ``Host`` header (with or without port) names loopback."""
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1] or [::1]:3000
+        host = host[1 : host.find("]")] if "]" in host else host[1:]
+    elif host.count(":") == 1:  # name:port or v4:port
+        host = host.rsplit(":", 1)[0]
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

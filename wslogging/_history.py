@@ -1,0 +1,138 @@
+"""Pure: the bounded ring of accepted records, their ids, and replay after an id with gaps.
+
+Ids are consecutive integers. Each run of the server starts at the microseconds since the Unix
+epoch at start, so an id from an earlier run is always smaller than every id of this run (the
+``restart`` case) and ids from different runs never collide. Every id has 16 digits until the
+year 2286, so as strings they also sort in order.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ._filters import Filter
+from ._wire import LogEntry
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Records a client should have had and will not get.
+
+    ``missed`` counts the records lost (all of them, whether or not they would have matched the
+    client's filter) or is ``None`` when unknown; ``reason`` is ``"history"``, ``"slow_client"``
+    or ``"restart"``.
+    """
+
+    missed: int | None
+    reason: str
+
+
+class SinceError(ValueError):
+    """A ``since`` / ``Last-Event-ID`` value that is not an id at all."""
+
+
+def parse_id(text: str) -> int:
+    """An id as clients send it back (a decimal string); raises :class:`SinceError`."""
+    text = text.strip()
+    if not text.isdigit() or len(text) > 30:
+        raise SinceError(f"not a record id: {text[:40]!r}")
+    return int(text)
+
+
+class History:
+    """A ring of the last ``maxlen`` accepted entries, indexed by id in O(1).
+
+    Bounded: appending to a full ring forgets the oldest entry. ``maxlen`` may be 0 (no
+    replay; ids are still assigned).
+    """
+
+    def __init__(self, maxlen: int, first_id: int | None = None) -> None:
+        if maxlen < 0:
+            raise ValueError("history must be 0 or more")
+        self.maxlen = maxlen
+        self.first_id = time.time_ns() // 1000 if first_id is None else first_id
+        self._next_id = self.first_id
+        self._ring: list[LogEntry | None] = [None] * maxlen
+
+    def __len__(self) -> int:
+        return min(self._next_id - self.first_id, self.maxlen)
+
+    @property
+    def last_id(self) -> int:
+        """The newest id assigned; ``first_id - 1`` before the first record."""
+        return self._next_id - 1
+
+    @property
+    def oldest_id(self) -> int:
+        """The oldest id still held (``last_id + 1`` when empty)."""
+        return self._next_id - len(self)
+
+    def append(self, entry: LogEntry) -> int:
+        """Give ``entry`` the next id and keep it, forgetting the oldest if full."""
+        entry.id = self._next_id
+        self._next_id += 1
+        if self.maxlen:
+            self._ring[entry.id % self.maxlen] = entry
+        return entry.id
+
+    def get(self, entry_id: int) -> LogEntry | None:
+        """The entry with this id, or ``None`` if it was never assigned or is forgotten."""
+        if self.oldest_id <= entry_id <= self.last_id:
+            return self._ring[entry_id % self.maxlen]
+        return None
+
+    def resume(self, since: int | None) -> tuple[int, Gap | None]:
+        """Where a client that last saw ``since`` continues, and the gap it must be told first.
+
+        - ``None``: live only, from the next record on.
+        - ``0``: everything this run still holds (a gap only if some of it was forgotten).
+        - an id of this run still held: right after it, no gap.
+        - an id of this run already forgotten: ``gap(history)`` counting what was forgotten,
+          then the oldest held.
+        - an id this run never issued (an earlier run, another server): ``gap(restart)`` with
+          ``missed`` unknown, then the oldest held.
+        """
+        if since is None:
+            return self._next_id, None
+        if since == 0:
+            since = self.first_id - 1
+        if self.first_id - 1 <= since <= self.last_id:
+            start = since + 1
+            if start >= self.oldest_id:
+                return start, None
+            return self.oldest_id, Gap(self.oldest_id - start, "history")
+        return self.oldest_id, Gap(None, "restart")
+
+    def page(self, start: int, end: int, flt: Filter, limit: int) -> tuple[list[LogEntry], int]:
+        """Up to ``limit`` entries with ids in ``[start, end]`` that match ``flt``.
+
+        Returns them and the id a reader should continue after: the last one returned, or
+        ``end`` when the range was scanned to its end. ``start`` below the oldest held is
+        raised to it (the caller has already reported the gap).
+        """
+        out: list[LogEntry] = []
+        entry_id = max(start, self.oldest_id)
+        end = min(end, self.last_id)
+        while entry_id <= end:
+            entry = self._ring[entry_id % self.maxlen]
+            assert entry is not None
+            if flt.matches(entry):
+                out.append(entry)
+                if len(out) >= limit:
+                    return out, entry_id
+            entry_id += 1
+        return out, end
+
+    def latest(self, flt: Filter, limit: int) -> list[LogEntry]:
+        """The newest ``limit`` held entries that match ``flt``, oldest first."""
+        out: list[LogEntry] = []
+        entry_id = self.last_id
+        while entry_id >= self.oldest_id and len(out) < limit:
+            entry = self._ring[entry_id % self.maxlen]
+            assert entry is not None
+            if flt.matches(entry):
+                out.append(entry)
+            entry_id -= 1
+        out.reverse()
+        return out

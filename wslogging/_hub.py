@@ -1,0 +1,238 @@
+"""asyncio: the connected clients, their bounded queues, and the fan-out of accepted records.
+
+Everything here runs on the server's event loop and never awaits a client: :meth:`Hub.accept`
+is synchronous, so one slow client can delay nobody but itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ._filters import Filter
+from ._history import Gap, History
+from ._wire import LogEntry, encode_entry
+
+# Records handed to one writer per wakeup: bounds the work (and the write) per turn.
+BATCH = 500
+# How long a client kicked for being slow may take to close cleanly before it is cut off.
+KICK_GRACE = 1.0
+
+Item = LogEntry | Gap | dict[str, Any]
+
+
+class SlowClientPolicy(enum.StrEnum):
+    """What happens when a client's queue is full (the ``slow_client`` option)."""
+
+    DROP = "drop"
+    DISCONNECT = "disconnect"
+
+
+class ClientState(enum.Enum):
+    """A client's lifecycle: streaming, flushing before the server closes, or gone."""
+
+    LIVE = "live"
+    FINISHING = "finishing"
+    CLOSED = "closed"
+
+
+class Client:
+    """One connected stream: its filter, its replay cursor and its bounded send queue.
+
+    Bounded: at most ``maxlen`` live records wait for the writer. When full, the
+    ``drop`` policy forgets the oldest (counted, and reported to this client as a
+    ``gap(slow_client)`` before the next record it gets); ``disconnect`` closes it
+    (code 1008). Replay after ``since`` is read from history as the writer goes, so it
+    takes no queue space; records that left history meanwhile become a ``gap(history)``.
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        flt: Filter,
+        start_id: int,
+        first: list[Item],
+        maxlen: int,
+        policy: SlowClientPolicy,
+    ) -> None:
+        self.hub = hub
+        self.filter = flt
+        self.maxlen = maxlen
+        self.policy = policy
+        self.state = ClientState.LIVE
+        self.close_code = 1000
+        self.close_reason = ""
+        self.dropped = 0
+        # Called (once) when the client must go at once; the connection sets it.
+        self.abort: Callable[[], None] | None = None
+        self._queue: deque[LogEntry] = deque()
+        self._control: list[Item] = first
+        # Ids in [replay_next, replay_end] are read from history; later ones arrive via offer().
+        self._replay_next = start_id
+        self._replay_end = hub.history.last_id
+        self._wake = asyncio.Event()
+        if self._control or self._replay_next <= self._replay_end:
+            self._wake.set()
+
+    def offer(self, entry: LogEntry) -> None:
+        """Queue a live record that matched (hub side; never blocks)."""
+        if len(self._queue) >= self.maxlen:
+            if self.policy is SlowClientPolicy.DISCONNECT:
+                self.kick(1008, "client too slow: its queue is full")
+                return
+            self._queue.popleft()
+            self.dropped += 1
+            self.hub.client_drops += 1
+        self._queue.append(entry)
+        self._wake.set()
+
+    def send_control(self, message: dict[str, Any]) -> None:
+        """Queue a protocol message (``pong``, ``error``, ...) ahead of records."""
+        self._control.append(message)
+        self._wake.set()
+
+    def set_filter(self, flt: Filter) -> None:
+        """Replace the filter now: queued records that the new filter rejects are dropped
+        (not counted: the client asked), so everything after the reply obeys it."""
+        self.filter = flt
+        self._queue = deque(e for e in self._queue if flt.matches(e))
+
+    def kick(self, code: int, reason: str) -> None:
+        """Close this client with ``code``: cleanly if its writer is free, else cut it off
+        after :data:`KICK_GRACE` seconds."""
+        if self.state is ClientState.CLOSED:
+            return
+        self.hub.detach(self)
+        self.state = ClientState.FINISHING
+        self.close_code, self.close_reason = code, reason
+        self._queue.clear()
+        self._replay_next = self._replay_end + 1
+        self._wake.set()
+        if self.abort is not None:
+            asyncio.get_running_loop().call_later(KICK_GRACE, self._abort_if_open)
+
+    def finish(self, code: int, reason: str) -> None:
+        """The server is closing: deliver what is queued, then close with ``code``."""
+        if self.state is ClientState.LIVE:
+            self.state = ClientState.FINISHING
+            self.close_code, self.close_reason = code, reason
+            self._wake.set()
+
+    def _abort_if_open(self) -> None:
+        if self.state is not ClientState.CLOSED and self.abort is not None:
+            self.abort()
+
+    def _take(self) -> list[Item]:
+        items: list[Item] = self._control
+        self._control = []
+        history = self.hub.history
+        if self._replay_next <= self._replay_end:
+            if self._replay_next < history.oldest_id:
+                items.append(Gap(history.oldest_id - self._replay_next, "history"))
+            entries, last = history.page(self._replay_next, self._replay_end, self.filter, BATCH)
+            items.extend(entries)
+            self._replay_next = last + 1
+            if self._replay_next <= self._replay_end:
+                return items  # more replay before any live record, to keep the order
+        if self.dropped:
+            items.append(Gap(self.dropped, "slow_client"))
+            self.dropped = 0
+        queue = self._queue
+        for _ in range(min(BATCH, len(queue))):
+            items.append(queue.popleft())
+        if not queue:
+            self._wake.clear()
+        return items
+
+    async def next_batch(self, wait: float | None) -> list[Item] | None:
+        """What to send next, in order. ``[]`` when ``wait`` seconds passed with nothing to send
+        (time for a heartbeat); ``None`` when the stream is over and should be closed."""
+        if not self._wake.is_set() and self.state is ClientState.LIVE:
+            try:
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+            except TimeoutError:
+                return []
+        items = self._take()
+        if not items and self.state is not ClientState.LIVE:
+            return None
+        return items
+
+    def closed(self) -> None:
+        """The connection is gone: stop feeding it."""
+        self.state = ClientState.CLOSED
+        self.hub.detach(self)
+
+
+class Hub:
+    """History plus clients: accepts records in order and fans each out without awaiting.
+
+    Bounded: history holds ``history`` records; each client at most ``client_queue_size``;
+    at most ``max_clients`` clients (the server refuses more with 503).
+    """
+
+    def __init__(
+        self,
+        *,
+        history: int,
+        client_queue_size: int,
+        slow_client: SlowClientPolicy,
+        max_clients: int,
+    ) -> None:
+        self.history = History(history)
+        self.client_queue_size = client_queue_size
+        self.slow_client = slow_client
+        self.max_clients = max_clients
+        self.clients: set[Client] = set()
+        self.client_drops = 0
+
+    @property
+    def epoch(self) -> str:
+        """Changes whenever the server starts afresh."""
+        return str(self.history.first_id)
+
+    @property
+    def full(self) -> bool:
+        return len(self.clients) >= self.max_clients
+
+    def connect(
+        self, flt: Filter, since: int | None, greeting: dict[str, Any] | None = None
+    ) -> Client:
+        """Register a client; records accepted from now on are queued for it, and those
+        after ``since`` are replayed from history first. It is sent ``greeting`` first, then
+        the gap (if any) in front of the replay."""
+        start, gap = self.history.resume(since)
+        first: list[Item] = [greeting] if greeting else []
+        if gap is not None:
+            first.append(gap)
+        client = Client(self, flt, start, first, self.client_queue_size, self.slow_client)
+        self.clients.add(client)
+        return client
+
+    def detach(self, client: Client) -> None:
+        self.clients.discard(client)
+
+    def accept(self, entry: LogEntry) -> None:
+        """Number, encode (once, for everyone) and keep ``entry``, and queue it for every
+        client whose filter matches."""
+        self.history.append(entry)
+        entry.data = encode_entry(entry)
+        for client in list(self.clients):
+            if client.filter.matches(entry):
+                client.offer(entry)
+
+    def finish_all(self, code: int, reason: str) -> None:
+        for client in list(self.clients):
+            client.finish(code, reason)
+
+    def stats(self) -> dict[str, int]:
+        history = self.history
+        return {
+            "clients": len(self.clients),
+            "records_accepted": history.last_id - history.first_id + 1,
+            "client_drops": self.client_drops,
+            "history_size": len(history),
+        }

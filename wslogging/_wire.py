@@ -1,0 +1,233 @@
+"""Pure wire format: a LogRecord becomes a LogEntry, a LogEntry becomes JSON bytes and SSE frames.
+
+Nothing here imports asyncio or aiohttp. The app thread calls :func:`render_record`; the
+server thread calls :func:`encode_entry`, :func:`sse_event` and friends.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+# Attributes every LogRecord has; anything else on a record is an "extra" and goes to `fields`.
+_RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+    "category",
+}
+# How deep nested extras are copied before the rest is repr()'d: bounds the work done in emit.
+_MAX_DEPTH = 6
+# How many items of one container are copied; the rest is summarised.
+_MAX_ITEMS = 200
+
+_EXC_FORMATTER = logging.Formatter()
+
+
+class LogEntry:
+    """One record, rendered on the app thread and frozen from then on.
+
+    ``id`` is 0 until the server accepts the entry; ``data`` (the JSON bytes sent to every
+    client) is filled in by the server thread at the same time.
+    """
+
+    __slots__ = (
+        "category",
+        "created",
+        "data",
+        "exc",
+        "fields",
+        "id",
+        "level",
+        "levelno",
+        "log",
+        "logger",
+        "pid",
+    )
+
+    def __init__(
+        self,
+        *,
+        log: str,
+        levelno: int,
+        level: str,
+        logger: str,
+        category: str,
+        created: float,
+        fields: dict[str, Any],
+        exc: str | None = None,
+        pid: int | None = None,
+    ) -> None:
+        self.log = log
+        self.levelno = levelno
+        self.level = level
+        self.logger = logger
+        self.category = category
+        self.created = created
+        self.fields = fields
+        self.exc = exc
+        self.pid = os.getpid() if pid is None else pid
+        self.id = 0
+        self.data = b""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The SPEC §4 object (``id`` as a string)."""
+        return {
+            "type": "log",
+            "id": str(self.id),
+            "log": self.log,
+            "level": self.level,
+            "levelno": self.levelno,
+            "logger": self.logger,
+            "category": self.category,
+            "pid": self.pid,
+            "time": format_time(self.created),
+            "fields": self.fields,
+            "exc": self.exc,
+        }
+
+
+def format_time(created: float) -> str:
+    """ISO 8601 in UTC with microseconds, as in ``2026-11-25T17:28:42.123456+00:00``."""
+    return datetime.datetime.fromtimestamp(created, tz=datetime.UTC).isoformat(
+        timespec="microseconds"
+    )
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """Copy ``value`` into plain JSON types; anything else becomes its ``repr()``.
+
+    Bounded: containers deeper than ``_MAX_DEPTH`` or longer than ``_MAX_ITEMS`` are cut
+    (the cut is marked), and a ``repr()`` that raises is replaced by a placeholder. Never raises.
+    """
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if depth < _MAX_DEPTH:
+        if isinstance(value, Mapping):
+            out: dict[str, Any] = {}
+            for n, (k, v) in enumerate(value.items()):
+                if n == _MAX_ITEMS:
+                    out["..."] = f"{len(value) - n} more items"
+                    break
+                out[k if isinstance(k, str) else _safe_repr(k)] = json_safe(v, depth + 1)
+            return out
+        if isinstance(value, list | tuple | set | frozenset):
+            items = list(value)
+            safe = [json_safe(v, depth + 1) for v in items[:_MAX_ITEMS]]
+            if len(items) > _MAX_ITEMS:
+                safe.append(f"... {len(items) - _MAX_ITEMS} more items")
+            return safe
+    return _safe_repr(value)
+
+
+def _safe_repr(value: object) -> str:
+    try:
+        return repr(value)
+    except Exception:  # a broken __repr__ must not cost the record
+        return f"<unrepresentable {type(value).__name__}>"
+
+
+def record_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The record's extras (and structlog key/values), JSON-safe.
+
+    Names starting with ``_`` are private to logging integrations (structlog puts its logger
+    there) and are left out. A structlog event dict carried in ``record.msg`` (the
+    ``ProcessorFormatter.wrap_for_formatter`` path) contributes its pairs too, minus ``event``.
+    """
+    fields: dict[str, Any] = {}
+    msg = record.msg
+    if isinstance(msg, dict) and not record.args:
+        for key, value in msg.items():
+            if isinstance(key, str) and key != "event" and not key.startswith("_"):
+                fields[key] = json_safe(value)
+    for key, value in record.__dict__.items():
+        if key not in _RECORD_ATTRS and not key.startswith("_"):
+            fields[key] = json_safe(value)
+    return fields
+
+
+def default_message(record: logging.LogRecord) -> str:
+    """The message alone, without traceback (that goes to ``exc``).
+
+    For a structlog event dict in ``record.msg`` this is its ``event``.
+    """
+    msg = record.msg
+    if isinstance(msg, dict) and not record.args and "event" in msg:
+        return str(msg["event"])
+    return record.getMessage()
+
+
+def record_exc(record: logging.LogRecord) -> str | None:
+    """The formatted traceback and stack, or ``None``; reuses what a formatter cached."""
+    parts = []
+    if record.exc_info and record.exc_info[0] is not None:
+        parts.append(record.exc_text or _EXC_FORMATTER.formatException(record.exc_info))
+    elif record.exc_text:
+        parts.append(record.exc_text)
+    if record.stack_info:
+        parts.append(record.stack_info)
+    return "\n".join(parts) if parts else None
+
+
+def render_record(record: logging.LogRecord, message: str) -> LogEntry:
+    """Everything the app thread must capture of ``record``, with ``message`` already formatted."""
+    fields = record_fields(record)
+    category = record.__dict__.get("category")
+    return LogEntry(
+        log=message,
+        levelno=record.levelno,
+        level=record.levelname,
+        logger=record.name,
+        category=category if isinstance(category, str) and category else record.name,
+        created=record.created,
+        fields=fields,
+        exc=record_exc(record),
+        pid=record.process,
+    )
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact UTF-8 JSON. Lone surrogates fall back to ASCII escapes, so it never raises."""
+    try:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def encode_entry(entry: LogEntry) -> bytes:
+    """The JSON bytes of one record, identical for every client."""
+    return dumps(entry.to_dict())
+
+
+def gap_message(missed: int | None, reason: str) -> dict[str, Any]:
+    """SPEC §5 ``gap``: records this client should have had were lost."""
+    return {"type": "gap", "missed": missed, "reason": reason}
+
+
+def sse_event(data: bytes, *, event_id: str | None = None, event: str | None = None) -> bytes:
+    """One SSE event.
+
+    ``data`` is compact JSON, which never holds a raw CR or LF (JSON escapes them), so an event
+    is always exactly one ``data:`` line however hostile the logged text is.
+    """
+    head = b""
+    if event is not None:
+        head += b"event: " + event.encode() + b"\n"
+    if event_id is not None:
+        head += b"id: " + event_id.encode() + b"\n"
+    return head + b"data: " + data + b"\n\n"
+
+
+SSE_PING = b": ping\n\n"
+
+
+def sse_retry(milliseconds: int) -> bytes:
+    """The ``retry:`` field that opens every stream."""
+    return b"retry: " + str(int(milliseconds)).encode() + b"\n\n"

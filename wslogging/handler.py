@@ -1,0 +1,296 @@
+"""WebSocketHandler: render each record on the app thread and hand it off; never block or raise."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+from . import _auth
+from ._hub import SlowClientPolicy
+from ._wire import LogEntry, default_message, json_safe, render_record
+from .server import LogServer, ServerOptions
+
+# How long close() may spend delivering what is queued before it gives up.
+CLOSE_TIMEOUT = 2.0
+
+_handlers: weakref.WeakSet[WebSocketHandler] = weakref.WeakSet()
+
+
+class HandlerState(enum.Enum):
+    """``SERVING`` streams; ``FAILED`` (the server could not start) and ``CLOSED`` count every
+    record as dropped and do nothing else."""
+
+    SERVING = "serving"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+def _bool(name: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    if isinstance(value, str) and value.strip().lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"{name} must be true or false, not {value!r}")
+
+
+def _number(name: str, value: Any, kind: type[int] | type[float], minimum: float) -> Any:
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, not {value!r}") from None
+    if number < minimum:
+        raise ValueError(f"{name} must be at least {minimum:g}, not {value!r}")
+    return number
+
+
+def _port(value: object) -> int:
+    port: int = _number("port", value, int, 0)
+    if port > 65535:
+        raise ValueError(f"port must be 0 to 65535, not {value!r}")
+    return port
+
+
+def _origins(value: str | Iterable[str] | None) -> frozenset[str] | None:
+    if value is None:
+        return None
+    return frozenset(_auth.parse_keys(value))
+
+
+class WebSocketHandler(logging.Handler):
+    """A logging handler that serves the records it gets to live clients (SPEC §2).
+
+    Every option is a plain keyword so ``dictConfig`` and ``fileConfig`` can build it; strings
+    are accepted for numbers and booleans. Bad values raise ``ValueError`` from the constructor
+    (a configuration error). Everything after that never raises into the app:
+
+    - The constructor binds the port and returns; the server starts serving from its own
+      daemon thread. If the port cannot be bound, one line goes to stderr and the handler
+      becomes a no-op that counts what it drops (``records_dropped``).
+    - :meth:`emit` renders the message, its extras and traceback on the calling thread and
+      hands the result to a bounded queue without waiting; when the queue is full the record
+      is dropped and counted. No lock is taken (the hand-off is thread-safe), so a logging call
+      never waits for another thread's.
+    - Records logged by the server's own thread, and by ``wslogging.*`` loggers, are never
+      streamed: that would loop.
+    - :meth:`close` (``logging.shutdown()`` calls it at exit) delivers what is queued within
+      about :data:`CLOSE_TIMEOUT` seconds, closes WebSockets with 1001 and ends SSE streams.
+      It is idempotent; records after it are counted as dropped.
+
+    The message sent as ``log`` is the handler's formatter output when one is set; without
+    one, it is the bare message (the traceback goes to ``exc`` instead of being repeated).
+    """
+
+    def __init__(
+        self,
+        level: int | str = logging.NOTSET,
+        *,
+        host: str = "127.0.0.1",
+        port: int | str = 3000,
+        api_keys: str | Iterable[str] | None = None,
+        api_key_env: str | None = "WSLOGGING_API_KEY",
+        history: int | str = 10000,
+        queue_size: int | str = 10000,
+        client_queue_size: int | str = 1000,
+        slow_client: str = "drop",
+        heartbeat: float | str = 15.0,
+        max_clients: int | str = 1000,
+        allowed_origins: str | Iterable[str] | None = None,
+        allow_query_token: bool | str = True,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
+        backend: str | None = None,
+        stream: str = "wslogging",
+    ) -> None:
+        super().__init__(level)
+        if backend:
+            raise ValueError(
+                f"backend={backend!r}: the Redis backend is not available in this version "
+                "of wslogging; leave backend unset to serve from this process"
+            )
+        try:
+            policy = SlowClientPolicy(slow_client)
+        except ValueError:
+            raise ValueError(
+                f"slow_client must be 'drop' or 'disconnect', not {slow_client!r}"
+            ) from None
+        keys = _auth.configured_keys(api_keys, api_key_env, os.environ)
+        generated = not keys
+        if generated:
+            keys = [_auth.generate_key()]
+        self.stream = stream
+        self._drop_lock = threading.Lock()
+        self._dropped = 0
+        options = ServerOptions(
+            host=str(host),
+            port=_port(port),
+            keys=tuple(keys),
+            history=_number("history", history, int, 0),
+            queue_size=_number("queue_size", queue_size, int, 1),
+            client_queue_size=_number("client_queue_size", client_queue_size, int, 1),
+            slow_client=policy,
+            heartbeat=_number("heartbeat", heartbeat, float, 0.01),
+            max_clients=_number("max_clients", max_clients, int, 0),
+            allowed_origins=_origins(allowed_origins),
+            allow_query_token=_bool("allow_query_token", allow_query_token),
+            ssl_certfile=ssl_certfile or None,
+            ssl_keyfile=ssl_keyfile or None,
+        )
+        self._server = LogServer(options, self._dropped_count)
+        self.state = HandlerState.FAILED
+        if not _auth.is_loopback_host(options.host) and generated:
+            self._say(
+                f"refusing to serve on {options.host}, which is not loopback, without an API key "
+                f"configured (set api_keys or {api_key_env}); records will be dropped"
+            )
+            return
+        try:
+            self._server.start()
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self._say(
+                f"cannot serve on {options.host}:{options.port} ({reason}); "
+                "records for this handler will be dropped and counted"
+            )
+            return
+        self.state = HandlerState.SERVING
+        _handlers.add(self)
+        if generated:
+            self._say(f"streaming logs at {self.url}/ with API key {keys[0]}")
+
+    @staticmethod
+    def _say(line: str) -> None:
+        print(f"wslogging: {line}", file=sys.stderr, flush=True)
+
+    # -- public state ---------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The port being served (the chosen one when configured with ``port=0``)."""
+        return self._server.port
+
+    @property
+    def url(self) -> str:
+        """The base URL, as ``http://127.0.0.1:3000`` (no trailing slash)."""
+        return self._server.url
+
+    @property
+    def records_dropped(self) -> int:
+        """Records that never reached the server: queue full, handler failed or closed."""
+        return self._dropped
+
+    def _dropped_count(self) -> int:
+        return self._dropped
+
+    def _count_drop(self) -> None:
+        with self._drop_lock:
+            self._dropped += 1
+
+    # -- the logging path -----------------------------------------------------------------
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """Filter and emit without the handler lock: :meth:`emit` is thread-safe, and taking
+        the lock would let one logging thread wait on another (or on :meth:`close`)."""
+        rv = self.filter(record)
+        if isinstance(rv, logging.LogRecord):
+            record = rv
+        if rv:
+            self.emit(record)
+        return bool(rv)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Render and hand off ``record``; every failure goes to ``handleError``."""
+        if threading.get_ident() == self._server.thread_id or _is_own(record.name):
+            return
+        try:
+            self.enqueue(self.prepare(record))
+        except Exception:
+            self._count_drop()
+            self.handleError(record)
+
+    def prepare(self, record: logging.LogRecord) -> LogEntry:
+        """Capture everything about ``record`` that must be read on the app thread."""
+        message = self.format(record) if self.formatter is not None else default_message(record)
+        return render_record(record, message)
+
+    def enqueue(self, entry: LogEntry) -> None:
+        """Hand ``entry`` to the server; a full queue (or a stopped server) counts a drop."""
+        if self.state is not HandlerState.SERVING or not self._server.submit(entry):
+            self._count_drop()
+
+    def close(self) -> None:
+        """Deliver what is queued (bounded), close every client, stop serving. Idempotent."""
+        if self.state is HandlerState.SERVING:
+            self.state = HandlerState.CLOSED
+            _handlers.discard(self)
+            self._server.close(CLOSE_TIMEOUT)
+        super().close()
+
+    def broadcast(
+        self,
+        message: str,
+        *,
+        level: int | str = "INFO",
+        category: str | None = None,
+        **fields: Any,
+    ) -> None:
+        """Send one message to this handler's clients, bypassing loggers and filters."""
+        levelno = (
+            level
+            if isinstance(level, int)
+            else logging.getLevelNamesMapping().get(str(level).upper())
+        )
+        if levelno is None:
+            raise ValueError(f"unknown level {level!r}")
+        self.enqueue(
+            LogEntry(
+                log=str(message),
+                levelno=levelno,
+                level=logging.getLevelName(levelno),
+                logger="broadcast",
+                category=category or "broadcast",
+                created=time.time(),
+                fields={k: json_safe(v) for k, v in fields.items()},
+            )
+        )
+
+    def __repr__(self) -> str:
+        return f"<WebSocketHandler {self.url} ({self.state.value})>"
+
+
+def _is_own(name: str) -> bool:
+    return name == "wslogging" or name.startswith("wslogging.")
+
+
+def _serving() -> list[WebSocketHandler]:
+    handlers = [h for h in list(_handlers) if h.state is HandlerState.SERVING]
+    if not handlers:
+        raise RuntimeError(
+            "no WebSocketHandler is serving: add one to your logging configuration first"
+        )
+    return handlers
+
+
+def broadcast_log_sync(
+    message: str, *, level: int | str = "INFO", category: str | None = None, **fields: Any
+) -> None:
+    """Send ``message`` to every client of every serving handler, from any thread, without
+    waiting. Raises ``RuntimeError`` if no handler is serving."""
+    for handler in _serving():
+        handler.broadcast(message, level=level, category=category, **fields)
+
+
+async def broadcast_log(
+    message: str, *, level: int | str = "INFO", category: str | None = None, **fields: Any
+) -> None:
+    """Async form of :func:`broadcast_log_sync`, usable from any event loop; it never waits
+    for clients (the hand-off is non-blocking)."""
+    broadcast_log_sync(message, level=level, category=category, **fields)

@@ -1,0 +1,542 @@
+"""The embedded aiohttp server: routes, auth, and its lifecycle in a daemon thread of its own.
+
+The app's threads reach the server only through :meth:`LogServer.submit` (a bounded janus
+queue); nothing else crosses between the two sides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import socket
+import ssl
+import sys
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import janus
+from aiohttp import WSMsgType, web
+
+from . import _wire
+from ._auth import KeyRing, bearer_token, is_loopback_host
+from ._filters import Filter, FilterError, filter_from_message, filter_from_query
+from ._history import Gap, SinceError, parse_id
+from ._hub import Client, Hub, Item, SlowClientPolicy
+from ._version import __version__
+
+# Routes anyone may reach; every other one needs a key.
+PUBLIC_PATHS = frozenset({"/", "/healthz", "/openapi.json"})
+# Largest WebSocket message a client may send; larger ones get an ``error`` frame.
+MAX_CLIENT_MESSAGE = 64 * 1024
+# aiohttp's own frame limit, above ours so that we can answer instead of dropping the socket.
+_WS_READ_LIMIT = 1024 * 1024
+# Records accepted from the queue per turn of the loop before other tasks get to run.
+_ACCEPT_BATCH = 1000
+# Default and largest page of ``GET /api/logs``.
+PAGE_DEFAULT = 1000
+PAGE_MAX = 10000
+# The ``retry:`` an SSE stream starts with: how long a browser waits before reconnecting.
+SSE_RETRY_MS = 2000
+
+
+class ServerState(enum.Enum):
+    """The server's lifecycle."""
+
+    NEW = "new"
+    RUNNING = "running"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Validated options; see the SPEC §2 table."""
+
+    host: str
+    port: int
+    keys: tuple[str, ...]
+    history: int
+    queue_size: int
+    client_queue_size: int
+    slow_client: SlowClientPolicy
+    heartbeat: float
+    max_clients: int
+    allowed_origins: frozenset[str] | None
+    allow_query_token: bool
+    ssl_certfile: str | None
+    ssl_keyfile: str | None
+
+
+def _error(status: int, error: str, detail: str, **headers: str) -> web.Response:
+    body = json.dumps({"error": error, "detail": detail})
+    return web.Response(status=status, text=body, content_type="application/json", headers=headers)
+
+
+def _unauthorized(detail: str) -> web.Response:
+    return _error(401, "unauthorized", detail, **{"WWW-Authenticate": "Bearer"})
+
+
+def _bad_request(detail: str) -> web.Response:
+    return _error(400, "bad_request", detail)
+
+
+def _json(data: Any) -> web.Response:
+    return web.Response(body=_wire.dumps(data), content_type="application/json")
+
+
+def _positive(request: web.Request, name: str, maximum: float) -> float | None:
+    """An optional positive number query parameter, at most ``maximum``."""
+    text = request.query.get(name)
+    if text is None or text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise FilterError(f"{name} must be a number") from None
+    if not 0 < value <= maximum:
+        raise FilterError(f"{name} must be more than 0 and at most {maximum:g}")
+    return value
+
+
+def _since(request: web.Request, header: bool) -> int | None:
+    """``Last-Event-ID`` (when ``header``) wins over ``?since=``: a reconnecting EventSource
+    sends the header while its URL still carries the original ``since``."""
+    text = request.headers.get("Last-Event-ID") if header else None
+    if not text:
+        text = request.query.get("since")
+    if not text:
+        return None
+    return parse_id(text)
+
+
+def _frame(item: Item) -> bytes:
+    """The WebSocket text frame payload for one queued item."""
+    if isinstance(item, _wire.LogEntry):
+        return item.data
+    if isinstance(item, Gap):
+        return _wire.dumps(_wire.gap_message(item.missed, item.reason))
+    return _wire.dumps(item)
+
+
+def _sse(item: Item) -> bytes:
+    """The SSE event for one queued item (records carry ``id:``; gaps are ``event: gap``)."""
+    if isinstance(item, _wire.LogEntry):
+        return _wire.sse_event(item.data, event_id=str(item.id))
+    if isinstance(item, Gap):
+        return _wire.sse_event(
+            _wire.dumps(_wire.gap_message(item.missed, item.reason)), event="gap"
+        )
+    return _wire.sse_event(_wire.dumps(item), event=str(item.get("type", "message")))
+
+
+class LogServer:
+    """Serves one :class:`Hub` over HTTP, SSE and WebSocket from a daemon thread.
+
+    Lifecycle: :meth:`start` binds the socket on the caller's thread (so a port in use raises
+    ``OSError`` there, at once) and starts the thread, without waiting for it: the caller may
+    hold logging's module lock (``dictConfig`` does), which the new thread's asyncio may need.
+    :meth:`close` is idempotent and bounded in time.
+    """
+
+    def __init__(self, options: ServerOptions, dropped: Callable[[], int]) -> None:
+        self.options = options
+        self.state = ServerState.NEW
+        self._dropped = dropped
+        self._keys = KeyRing(options.keys)
+        self._loopback = is_loopback_host(options.host)
+        self.hub = Hub(
+            history=options.history,
+            client_queue_size=options.client_queue_size,
+            slow_client=options.slow_client,
+            max_clients=options.max_clients,
+        )
+        self.port = 0
+        self.thread_id: int | None = None
+        self._queue: janus.Queue[_wire.LogEntry] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: set[asyncio.Task[Any]] = set()
+        self._stopped = threading.Event()
+
+    # -- app side -------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        host = self.options.host
+        if host in ("", "0.0.0.0", "::"):  # noqa: S104 - naming the wildcard, not binding it
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        scheme = "https" if self.options.ssl_certfile else "http"
+        return f"{scheme}://{host}:{self.port}"
+
+    def start(self) -> None:
+        """Bind, then serve from a new daemon thread. Raises ``OSError`` if the port cannot
+        be bound and ``ssl.SSLError`` / ``OSError`` for unusable certificate files."""
+        if self.state is not ServerState.NEW:
+            raise RuntimeError("LogServer.start() may be called once; make a new server")
+        ssl_context = self._ssl_context()
+        sock = self._bind()
+        self.port = sock.getsockname()[1]
+        self._queue = janus.Queue(maxsize=self.options.queue_size)
+        self._loop = asyncio.new_event_loop()
+        self.state = ServerState.RUNNING
+        self._thread = threading.Thread(
+            target=self._run, args=(sock, ssl_context), name="wslogging-server", daemon=True
+        )
+        self._thread.start()
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not self.options.ssl_certfile:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.options.ssl_certfile, self.options.ssl_keyfile)
+        return context
+
+    def _bind(self) -> socket.socket:
+        host = self.options.host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            # Lets a restarted app rebind at once past TIME_WAIT; on Linux this still refuses
+            # a port another socket is listening on.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, self.options.port))
+            sock.listen(128)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def submit(self, entry: _wire.LogEntry) -> bool:
+        """Hand ``entry`` to the server without waiting (any thread). ``False`` when the
+        queue is full or the server is not running: the caller counts the drop."""
+        queue = self._queue
+        if queue is None or self.state is not ServerState.RUNNING:
+            return False
+        try:
+            # janus takes its own lock and wakes the loop only when the consumer is waiting.
+            queue.sync_q.put_nowait(entry)
+        except (janus.SyncQueueFull, janus.SyncQueueShutDown):
+            return False
+        return True
+
+    def close(self, timeout: float) -> None:
+        """Deliver what is queued, close WebSockets with 1001 and end SSE streams, then stop
+        the thread, all within about ``timeout`` seconds. Idempotent."""
+        if self.state is not ServerState.RUNNING:
+            return
+        self.state = ServerState.CLOSING
+        loop, thread = self._loop, self._thread
+        assert loop is not None
+        assert thread is not None
+        future = asyncio.run_coroutine_threadsafe(self._shutdown(timeout), loop)
+        if threading.get_ident() == self.thread_id:
+            return  # called from our own loop: it finishes by itself
+        try:
+            future.result(timeout + 1.0)
+        except Exception as exc:  # the thread is a daemon; never raise into logging.shutdown
+            print(f"wslogging: server did not close cleanly: {exc!r}", file=sys.stderr)
+        thread.join(timeout + 1.0)
+        self.state = ServerState.CLOSED
+
+    # -- server thread --------------------------------------------------------------------
+
+    def _run(self, sock: socket.socket, ssl_context: ssl.SSLContext | None) -> None:
+        loop = self._loop
+        assert loop is not None
+        self.thread_id = threading.get_ident()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._serve(sock, ssl_context))
+            loop.run_forever()
+        finally:
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+                self._stopped.set()
+
+    async def _serve(self, sock: socket.socket, ssl_context: ssl.SSLContext | None) -> None:
+        app = web.Application(middlewares=[self._guard], client_max_size=64 * 1024)
+        app.router.add_get("/", self._index)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/api/stats", self._stats)
+        app.router.add_get("/api/logs", self._logs)
+        app.router.add_get("/api/get-logs-stream", self._sse)
+        app.router.add_get("/ws/logs", self._ws)
+        # access_log=None: an access line could carry a credential, and must never be streamed.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock, ssl_context=ssl_context).start()
+        self._consumer = asyncio.create_task(self._consume())
+
+    async def _consume(self) -> None:
+        """Move records from the app's queue into the hub, in batches, never awaiting a
+        client."""
+        assert self._queue is not None
+        queue = self._queue.async_q
+        accept = self.hub.accept
+        while True:
+            accept(await queue.get())
+            for _ in range(_ACCEPT_BATCH - 1):
+                try:
+                    entry = queue.get_nowait()
+                except janus.AsyncQueueEmpty:
+                    break
+                accept(entry)
+            await asyncio.sleep(0)  # let the writers run between batches
+
+    async def _shutdown(self, budget: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        self._consumer.cancel()
+        assert self._queue is not None
+        queue = self._queue
+        queue.shutdown()  # later submits fail fast; what is queued can still be read
+        while True:
+            try:
+                self.hub.accept(queue.async_q.get_nowait())
+            except (janus.AsyncQueueEmpty, janus.AsyncQueueShutDown):
+                break
+        self.hub.finish_all(1001, "server shutting down")
+        if self._connections:
+            await asyncio.wait(self._connections, timeout=max(0.0, deadline - loop.time()))
+        for client in list(self.hub.clients):
+            if client.abort is not None:
+                client.abort()
+        await self._runner.cleanup()
+        loop.stop()
+
+    # -- auth and guards ------------------------------------------------------------------
+
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if self._loopback and not is_loopback_host(request.host):
+            # DNS rebinding: a page on evil.example resolved to 127.0.0.1 sends its own Host.
+            return _error(403, "forbidden", "Host must be a loopback name")
+        if request.path in PUBLIC_PATHS:
+            return await handler(request)
+        problem = self._auth_problem(request)
+        if problem is not None and request.path != "/ws/logs":
+            return _unauthorized(problem)
+        request["auth_problem"] = problem  # the WebSocket route answers with 4401 itself
+        return await handler(request)
+
+    def _auth_problem(self, request: web.Request) -> str | None:
+        """Why the request is not authorized, or ``None`` if it is."""
+        token = bearer_token(request.headers.get("Authorization"))
+        if token is None and self.options.allow_query_token:
+            token = request.query.get("access_token") or None
+        if token is None:
+            return "missing API key"
+        return None if self._keys.check(token) else "invalid API key"
+
+    # -- routes ---------------------------------------------------------------------------
+
+    async def _index(self, request: web.Request) -> web.Response:
+        return web.Response(text=_INDEX_HTML, content_type="text/html")
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        stats: dict[str, Any] = self.hub.stats()
+        stats["records_dropped"] = self._dropped()
+        stats["queue_size"] = self._queue.sync_q.qsize() if self._queue else 0
+        stats["epoch"] = self.hub.epoch
+        return _json(stats)
+
+    async def _logs(self, request: web.Request) -> web.Response:
+        try:
+            flt = filter_from_query(request.query.items())
+            since = _since(request, header=False)
+            limit = int(_positive(request, "limit", PAGE_MAX) or PAGE_DEFAULT)
+        except (FilterError, SinceError) as exc:
+            return _bad_request(str(exc))
+        history = self.hub.history
+        gap: Gap | None = None
+        if since is None:
+            records, last = history.latest(flt, limit), history.last_id
+        else:
+            start, gap = history.resume(since)
+            records, last = history.page(start, history.last_id, flt, limit)
+        return _json(
+            {
+                "records": [e.to_dict() for e in records],
+                "last_id": str(last),
+                "gap": None if gap is None else _wire.gap_message(gap.missed, gap.reason),
+            }
+        )
+
+    def _open(
+        self, request: web.Request, *, header_since: bool
+    ) -> tuple[Filter, int | None] | web.Response:
+        """The filter and resume point a stream asks for, or the error response."""
+        if self.hub.full:
+            return _error(503, "unavailable", "too many clients")
+        try:
+            return filter_from_query(request.query.items()), _since(request, header_since)
+        except (FilterError, SinceError) as exc:
+            return _bad_request(str(exc))
+
+    async def _sse(self, request: web.Request) -> web.StreamResponse:
+        opened = self._open(request, header_since=True)
+        if isinstance(opened, web.Response):
+            return opened
+        try:
+            limit = _positive(request, "limit", 1e9)
+            duration = _positive(request, "timeout", 1e9)
+        except FilterError as exc:
+            return _bad_request(str(exc))
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await response.prepare(request)
+        client = self.hub.connect(*opened)
+        transport = request.transport
+        client.abort = transport.abort if transport is not None else None
+        self._track()
+        sent = 0
+        try:
+            await response.write(_wire.sse_retry(SSE_RETRY_MS))
+            async with asyncio.timeout(duration):
+                while True:
+                    items = await client.next_batch(self.options.heartbeat)
+                    if items is None:
+                        break
+                    if not items:
+                        await response.write(_wire.SSE_PING)
+                        continue
+                    chunk = []
+                    for item in items:
+                        chunk.append(_sse(item))
+                        if isinstance(item, _wire.LogEntry):
+                            sent += 1
+                            if limit is not None and sent >= limit:
+                                break
+                    await response.write(b"".join(chunk))
+                    if limit is not None and sent >= limit:
+                        break
+            await response.write_eof()
+        except TimeoutError:
+            await response.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass  # the client went away (aiohttp raises either, depending on when)
+        finally:
+            client.closed()
+        return response
+
+    async def _ws(self, request: web.Request) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        allowed = self.options.allowed_origins
+        if allowed is not None and origin is not None and origin not in allowed:
+            return _error(403, "forbidden", "Origin not allowed")
+        problem = request["auth_problem"]
+        opened = None if problem else self._open(request, header_since=False)
+        if isinstance(opened, web.Response):
+            return opened
+        ws = web.WebSocketResponse(
+            heartbeat=self.options.heartbeat, compress=False, max_msg_size=_WS_READ_LIMIT
+        )
+        await ws.prepare(request)
+        if opened is None:
+            # Accepted, then closed at once: a browser sees the reason, and no record is sent.
+            await ws.close(code=4401, message=str(problem).encode())
+            return ws
+        self._track()
+        flt, since = opened
+        client = self.hub.connect(flt, since, self._hello(flt))
+        transport = request.transport
+        client.abort = transport.abort if transport is not None else None
+        writer = asyncio.create_task(self._ws_writer(ws, client))
+        try:
+            async for message in ws:
+                if message.type is WSMsgType.TEXT:
+                    self._on_message(client, message.data)
+                elif message.type is WSMsgType.BINARY:
+                    client.send_control(_protocol_error("send JSON text messages"))
+        finally:
+            client.closed()
+            writer.cancel()
+        return ws
+
+    def _hello(self, flt: Filter) -> dict[str, Any]:
+        return {
+            "type": "hello",
+            "server": f"wslogging/{__version__}",
+            "epoch": self.hub.epoch,
+            "last_id": str(self.hub.history.last_id),
+            "filter": flt.to_json(),
+        }
+
+    async def _ws_writer(self, ws: web.WebSocketResponse, client: Client) -> None:
+        """The one task that writes to this socket: records, gaps and replies, in order."""
+        try:
+            while True:
+                items = await client.next_batch(None)
+                if items is None:
+                    break
+                for item in items:
+                    await ws.send_frame(_frame(item), WSMsgType.TEXT)
+            await ws.close(code=client.close_code, message=client.close_reason.encode())
+        except (ConnectionError, RuntimeError):
+            pass  # the peer is gone; the reading side notices and cleans up
+
+    def _on_message(self, client: Client, text: str) -> None:
+        """One client message (SPEC §5); anything malformed gets an ``error`` frame."""
+        if len(text) > MAX_CLIENT_MESSAGE:
+            client.send_control(_protocol_error(f"message over {MAX_CLIENT_MESSAGE} bytes"))
+            return
+        try:
+            message = json.loads(text)
+        except ValueError:
+            client.send_control(_protocol_error("message is not JSON"))
+            return
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "ping":
+            client.send_control({"type": "pong"})
+        elif kind == "subscribe":
+            try:
+                flt = filter_from_message(message.get("filter"))
+            except FilterError as exc:
+                client.send_control(_protocol_error(str(exc)))
+                return
+            client.set_filter(flt)
+            client.send_control({"type": "subscribed", "filter": flt.to_json()})
+        else:
+            client.send_control(_protocol_error(f"unknown message type: {kind!r}"))
+
+    def _track(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
+
+
+def _protocol_error(detail: str) -> dict[str, Any]:
+    return {"type": "error", "detail": detail}
+
+
+_INDEX_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>wslogging</title></head>
+<body><h1>wslogging</h1>
+<p>This server streams logs live. Connect with an API key:</p>
+<ul>
+<li>WebSocket: <code>/ws/logs</code></li>
+<li>Server-Sent Events: <code>/api/get-logs-stream</code></li>
+<li>JSON page of recent records: <code>/api/logs</code></li>
+</ul>
+<p>Send the key as <code>Authorization: Bearer &lt;key&gt;</code>.</p>
+</body></html>
+"""
