@@ -41,9 +41,13 @@ def generate_key() -> str:
 
 
 def _as_bytes(text: str) -> bytes:
-    # surrogateescape: aiohttp decodes header bytes that are not UTF-8 that way; any key text
+    # surrogateescape: aiohttp decodes header bytes that are not UTF-8 that way, and this
+    # gives them back; any other lone surrogate is kept as is (surrogatepass). Every string
     # maps to bytes, so comparison never raises (a non-ASCII key is a 401, never a 500).
-    return text.encode("utf-8", "surrogateescape")
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
 
 
 class KeyRing:

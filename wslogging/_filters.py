@@ -29,7 +29,7 @@ def parse_level(value: object) -> int:
         return value
     if isinstance(value, str):
         text = value.strip()
-        if text.isdigit():
+        if text.isascii() and text.isdigit() and len(text) <= 9:
             return int(text)
         number = logging.getLevelNamesMapping().get(text.upper())
         if number is not None:
@@ -122,13 +122,13 @@ def build_filter(
         key = _text("field name", key)
         if not key:
             raise FilterError("field name must not be empty")
-        pairs.append((key, value if isinstance(value, str) else field_text(value)))
+        pairs.append((key, _text(f"field.{key}", field_text(value))))
     if len(pairs) > MAX_TERMS:
         raise FilterError(f"at most {MAX_TERMS} field filters")
     return Filter(
         level=0 if level is None or level == "" else parse_level(level),
         loggers=tuple(p for p in _texts("logger", loggers) if p),
-        categories=frozenset(_texts("category", categories)),
+        categories=frozenset(c for c in _texts("category", categories) if c),
         grep=None if grep is None or grep == "" else _text("grep", grep),
         fields=tuple(pairs),
     )

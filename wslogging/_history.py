@@ -1,14 +1,18 @@
 """Pure: the bounded ring of accepted records, their ids, and replay after an id with gaps.
 
 Ids are consecutive integers. Each run of the server starts at the microseconds since the Unix
-epoch at start, so an id from an earlier run is always smaller than every id of this run (the
-``restart`` case) and ids from different runs never collide. Every id has 16 digits until the
-year 2286, so as strings they also sort in order.
+epoch at start, and above every id an earlier run in the same process issued, so an id from an
+earlier run is smaller than every id of this run (the ``restart`` case). Across processes this
+holds while the earlier run issued fewer ids than microseconds passed between the two starts
+(one record per microsecond, sustained, is far beyond what a process logs) and the wall clock
+did not step back. Every id has 16 digits until the year 2286, so as strings they also sort
+in order.
 """
 
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass
 
 from ._filters import Filter
@@ -35,9 +39,12 @@ class SinceError(ValueError):
 def parse_id(text: str) -> int:
     """An id as clients send it back (a decimal string); raises :class:`SinceError`."""
     text = text.strip()
-    if not text.isdigit() or len(text) > 30:
+    if not (text.isascii() and text.isdigit()) or len(text) > 30:
         raise SinceError(f"not a record id: {text[:40]!r}")
     return int(text)
+
+
+_runs: weakref.WeakSet[History] = weakref.WeakSet()
 
 
 class History:
@@ -51,7 +58,10 @@ class History:
         if maxlen < 0:
             raise ValueError("history must be 0 or more")
         self.maxlen = maxlen
-        self.first_id = time.time_ns() // 1000 if first_id is None else first_id
+        if first_id is None:
+            first_id = max([time.time_ns() // 1000] + [h._next_id for h in list(_runs)])
+        _runs.add(self)
+        self.first_id = first_id
         self._next_id = self.first_id
         self._ring: list[LogEntry | None] = [None] * maxlen
 

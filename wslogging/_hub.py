@@ -131,7 +131,9 @@ class Client:
         history = self.hub.history
         if self._replay_next <= self._replay_end:
             if self._replay_next < history.oldest_id:
-                items.append(Gap(history.oldest_id - self._replay_next, "history"))
+                # Only the replay range counts: later ids are in the live queue, not lost.
+                lost_until = min(history.oldest_id, self._replay_end + 1)
+                items.append(Gap(lost_until - self._replay_next, "history"))
             entries, last = history.page(self._replay_next, self._replay_end, self.filter, BATCH)
             items.extend(entries)
             self._replay_next = last + 1
@@ -219,7 +221,11 @@ class Hub:
         """Number, encode (once, for everyone) and keep ``entry``, and queue it for every
         client whose filter matches."""
         self.history.append(entry)
-        entry.data = encode_entry(entry)
+        try:
+            entry.data = encode_entry(entry)
+        except Exception as exc:  # json_safe() should make this impossible; never stall on it
+            entry.fields = {"wslogging_error": f"fields could not be encoded: {exc!r}"}
+            entry.data = encode_entry(entry)
         for client in list(self.clients):
             if client.filter.matches(entry):
                 client.offer(entry)

@@ -25,6 +25,8 @@ _RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {
 _MAX_DEPTH = 6
 # How many items of one container are copied; the rest is summarised.
 _MAX_ITEMS = 200
+# Larger ints are summarised: Python refuses to print ints of more than 4300 digits.
+_MAX_INT_BITS = 14000
 
 _EXC_FORMATTER = logging.Formatter()
 
@@ -105,6 +107,9 @@ def json_safe(value: Any, depth: int = 0) -> Any:
     Bounded: containers deeper than ``_MAX_DEPTH`` or longer than ``_MAX_ITEMS`` are cut
     (the cut is marked), and a ``repr()`` that raises is replaced by a placeholder. Never raises.
     """
+    if isinstance(value, int) and value.bit_length() > _MAX_INT_BITS:
+        # json (and repr) refuse ints past 4300 digits; say what it was instead.
+        return f"<int of {value.bit_length()} bits>"
     if value is None or isinstance(value, str | bool | int):
         return value
     if isinstance(value, float):

@@ -110,7 +110,6 @@ class WebSocketHandler(logging.Handler):
         backend: str | None = None,
         stream: str = "wslogging",
     ) -> None:
-        super().__init__(level)
         if backend:
             raise ValueError(
                 f"backend={backend!r}: the Redis backend is not available in this version "
@@ -126,9 +125,6 @@ class WebSocketHandler(logging.Handler):
         generated = not keys
         if generated:
             keys = [_auth.generate_key()]
-        self.stream = stream
-        self._drop_lock = threading.Lock()
-        self._dropped = 0
         options = ServerOptions(
             host=str(host),
             port=_port(port),
@@ -144,8 +140,13 @@ class WebSocketHandler(logging.Handler):
             ssl_certfile=ssl_certfile or None,
             ssl_keyfile=ssl_keyfile or None,
         )
-        self._server = LogServer(options, self._dropped_count)
+        # Only now, with every option valid, does the handler join logging's handler list.
+        super().__init__(level)
+        self.stream = stream
         self.state = HandlerState.FAILED
+        self._drop_lock = threading.Lock()
+        self._dropped = 0
+        self._server = LogServer(options, self._dropped_count)
         if not _auth.is_loopback_host(options.host) and generated:
             self._say(
                 f"refusing to serve on {options.host}, which is not loopback, without an API key "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import logging
 import socket
 import ssl
 import sys
@@ -33,7 +34,8 @@ PUBLIC_PATHS = frozenset({"/", "/healthz", "/openapi.json"})
 MAX_CLIENT_MESSAGE = 64 * 1024
 # aiohttp's own frame limit, above ours so that we can answer instead of dropping the socket.
 _WS_READ_LIMIT = 1024 * 1024
-# Records accepted from the queue per turn of the loop before other tasks get to run.
+# Records accepted from the queue per turn of the loop before the writers get to run. Also
+# kept to half a client queue, so a client that keeps up never loses records to batching.
 _ACCEPT_BATCH = 1000
 # Default and largest page of ``GET /api/logs``.
 PAGE_DEFAULT = 1000
@@ -87,15 +89,16 @@ def _json(data: Any) -> web.Response:
     return web.Response(body=_wire.dumps(data), content_type="application/json")
 
 
-def _positive(request: web.Request, name: str, maximum: float) -> float | None:
-    """An optional positive number query parameter, at most ``maximum``."""
+def _positive(request: web.Request, name: str, maximum: float, kind: type = float) -> float | None:
+    """An optional positive number query parameter (``kind``: int or float), at most
+    ``maximum``."""
     text = request.query.get(name)
     if text is None or text == "":
         return None
     try:
-        value = float(text)
-    except ValueError:
-        raise FilterError(f"{name} must be a number") from None
+        value: float = kind(text)
+    except (ValueError, OverflowError):
+        raise FilterError(f"{name} must be a positive {kind.__name__}") from None
     if not 0 < value <= maximum:
         raise FilterError(f"{name} must be more than 0 and at most {maximum:g}")
     return value
@@ -159,7 +162,9 @@ class LogServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[asyncio.Task[Any]] = set()
+        self._loop_ready = threading.Event()
         self._stopped = threading.Event()
+        self._closer: asyncio.Task[None] | None = None
 
     # -- app side -------------------------------------------------------------------------
 
@@ -182,7 +187,6 @@ class LogServer:
         sock = self._bind()
         self.port = sock.getsockname()[1]
         self._queue = janus.Queue(maxsize=self.options.queue_size)
-        self._loop = asyncio.new_event_loop()
         self.state = ServerState.RUNNING
         self._thread = threading.Thread(
             target=self._run, args=(sock, ssl_context), name="wslogging-server", daemon=True
@@ -231,28 +235,37 @@ class LogServer:
         if self.state is not ServerState.RUNNING:
             return
         self.state = ServerState.CLOSING
-        loop, thread = self._loop, self._thread
-        assert loop is not None
-        assert thread is not None
-        future = asyncio.run_coroutine_threadsafe(self._shutdown(timeout), loop)
-        if threading.get_ident() == self.thread_id:
-            return  # called from our own loop: it finishes by itself
-        try:
-            future.result(timeout + 1.0)
-        except Exception as exc:  # the thread is a daemon; never raise into logging.shutdown
-            print(f"wslogging: server did not close cleanly: {exc!r}", file=sys.stderr)
-        thread.join(timeout + 1.0)
+        # Under logging's module lock (dictConfig closing the handlers it replaces) the server
+        # thread may be waiting for that lock to log, so this thread must not wait for it:
+        # delivery then goes on after we return.
+        may_wait = threading.get_ident() != self.thread_id and not _holds_logging_lock()
+        if self._loop is None:  # the thread has not made its loop yet
+            self._loop_ready.wait(timeout if may_wait else 0.0)
+        loop = self._loop
         self.state = ServerState.CLOSED
+        if loop is None:
+            return  # the thread shuts itself down as soon as it has started
+        try:
+            loop.call_soon_threadsafe(self._begin_shutdown, timeout)
+        except RuntimeError:  # the loop is already closed
+            return
+        # The budget covers delivery; closing the sockets afterwards takes up to a second more.
+        if may_wait and not self._stopped.wait(timeout + 2.0):
+            print("wslogging: the server did not stop in time", file=sys.stderr)
 
     # -- server thread --------------------------------------------------------------------
 
     def _run(self, sock: socket.socket, ssl_context: ssl.SSLContext | None) -> None:
-        loop = self._loop
-        assert loop is not None
+        # The loop is made here, not in start(): asyncio logs while making it, and records
+        # from this thread are recognised as the server's own and never streamed.
         self.thread_id = threading.get_ident()
+        loop = self._loop = asyncio.new_event_loop()
+        self._loop_ready.set()
         asyncio.set_event_loop(loop)
         try:
             loop.run_until_complete(self._serve(sock, ssl_context))
+            if self.state is not ServerState.RUNNING:  # closed while we were starting
+                self._begin_shutdown(1.0)
             loop.run_forever()
         finally:
             try:
@@ -281,28 +294,37 @@ class LogServer:
         assert self._queue is not None
         queue = self._queue.async_q
         accept = self.hub.accept
-        while True:
-            accept(await queue.get())
-            for _ in range(_ACCEPT_BATCH - 1):
-                try:
-                    entry = queue.get_nowait()
-                except janus.AsyncQueueEmpty:
-                    break
-                accept(entry)
-            await asyncio.sleep(0)  # let the writers run between batches
+        batch = max(1, min(_ACCEPT_BATCH, self.options.client_queue_size // 2))
+        try:
+            while True:
+                accept(await queue.get())
+                for _ in range(batch - 1):
+                    try:
+                        entry = queue.get_nowait()
+                    except janus.AsyncQueueEmpty:
+                        break
+                    accept(entry)
+                await asyncio.sleep(0)  # let the writers run between batches
+        except janus.AsyncQueueShutDown:
+            return  # closing, and everything queued has been accepted
+
+    def _begin_shutdown(self, budget: float) -> None:
+        """Start :meth:`_shutdown` once, however many times it is asked for."""
+        if self._closer is None and self._loop is not None:
+            self._closer = self._loop.create_task(self._shutdown(budget))
 
     async def _shutdown(self, budget: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
-        self._consumer.cancel()
         assert self._queue is not None
-        queue = self._queue
-        queue.shutdown()  # later submits fail fast; what is queued can still be read
-        while True:
-            try:
-                self.hub.accept(queue.async_q.get_nowait())
-            except (janus.AsyncQueueEmpty, janus.AsyncQueueShutDown):
-                break
+        # Later submits fail fast; the consumer drains what is queued at its usual pace (so
+        # clients that keep up lose nothing), then stops.
+        self._queue.shutdown()
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._consumer
+        except TimeoutError:
+            pass
         self.hub.finish_all(1001, "server shutting down")
         if self._connections:
             await asyncio.wait(self._connections, timeout=max(0.0, deadline - loop.time()))
@@ -321,12 +343,11 @@ class LogServer:
         if self._loopback and not is_loopback_host(request.host):
             # DNS rebinding: a page on evil.example resolved to 127.0.0.1 sends its own Host.
             return _error(403, "forbidden", "Host must be a loopback name")
-        if request.path in PUBLIC_PATHS:
-            return await handler(request)
-        problem = self._auth_problem(request)
-        if problem is not None and request.path != "/ws/logs":
-            return _unauthorized(problem)
-        request["auth_problem"] = problem  # the WebSocket route answers with 4401 itself
+        # The WebSocket route checks the key itself: it must answer with close code 4401.
+        if request.path not in PUBLIC_PATHS and request.path != "/ws/logs":
+            problem = self._auth_problem(request)
+            if problem is not None:
+                return _unauthorized(problem)
         return await handler(request)
 
     def _auth_problem(self, request: web.Request) -> str | None:
@@ -357,7 +378,7 @@ class LogServer:
         try:
             flt = filter_from_query(request.query.items())
             since = _since(request, header=False)
-            limit = int(_positive(request, "limit", PAGE_MAX) or PAGE_DEFAULT)
+            limit = int(_positive(request, "limit", PAGE_MAX, int) or PAGE_DEFAULT)
         except (FilterError, SinceError) as exc:
             return _bad_request(str(exc))
         history = self.hub.history
@@ -391,7 +412,7 @@ class LogServer:
         if isinstance(opened, web.Response):
             return opened
         try:
-            limit = _positive(request, "limit", 1e9)
+            limit = _positive(request, "limit", 1e9, int)
             duration = _positive(request, "timeout", 1e9)
         except FilterError as exc:
             return _bad_request(str(exc))
@@ -442,7 +463,7 @@ class LogServer:
         allowed = self.options.allowed_origins
         if allowed is not None and origin is not None and origin not in allowed:
             return _error(403, "forbidden", "Origin not allowed")
-        problem = request["auth_problem"]
+        problem = self._auth_problem(request)
         opened = None if problem else self._open(request, header_since=False)
         if isinstance(opened, web.Response):
             return opened
@@ -522,6 +543,12 @@ class LogServer:
         assert task is not None
         self._connections.add(task)
         task.add_done_callback(self._connections.discard)
+
+
+def _holds_logging_lock() -> bool:
+    """Whether this thread holds logging's module lock (an RLock, which knows its owner)."""
+    is_owned = getattr(getattr(logging, "_lock", None), "_is_owned", None)
+    return bool(is_owned is not None and is_owned())
 
 
 def _protocol_error(detail: str) -> dict[str, Any]:

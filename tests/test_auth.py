@@ -1,0 +1,183 @@
+"""Tests for wslogging._auth: API keys, bearer tokens and the loopback Host check."""
+
+from __future__ import annotations
+
+import pytest
+
+from wslogging._auth import (
+    KeyRing,
+    bearer_token,
+    configured_keys,
+    generate_key,
+    is_loopback_host,
+    parse_keys,
+)
+
+# -- parse_keys / configured_keys -----------------------------------------------------------
+
+
+def test_parse_keys_list() -> None:
+    """A list of keys is kept in order."""
+    assert ["a", "b"] == parse_keys(["a", "b"])
+
+
+def test_parse_keys_list_strips_and_skips_blanks() -> None:
+    """Keys in a list are stripped; blank ones are skipped."""
+    assert ["a", "b"] == parse_keys([" a ", "", "  ", "b"])
+
+
+def test_parse_keys_comma_string() -> None:
+    """One string holds comma-separated keys; spaces and blanks are dropped."""
+    assert ["a", "b", "c"] == parse_keys(" a, ,b,,  c ,")
+
+
+def test_parse_keys_single_string() -> None:
+    """A string without commas is one key."""
+    assert ["only-key"] == parse_keys("only-key")
+
+
+@pytest.mark.parametrize("value", [None, "", " , ", []])
+def test_parse_keys_nothing(value: str | list[str] | None) -> None:
+    """None, an empty string or list give no keys."""
+    assert [] == parse_keys(value)
+
+
+@pytest.mark.parametrize("value", [["a", 1], [b"key"], b"key"])
+def test_parse_keys_non_str_raises(value: object) -> None:
+    """Keys that are not strings are a TypeError."""
+    with pytest.raises(TypeError, match="API keys must be strings"):
+        parse_keys(value)  # type: ignore[arg-type]
+
+
+def test_configured_keys_api_keys_win() -> None:
+    """``api_keys`` is used when given, whatever the environment holds."""
+    assert ["a"] == configured_keys(["a"], "KEYS", {"KEYS": "env"})
+
+
+def test_configured_keys_empty_api_keys_win() -> None:
+    """An empty ``api_keys`` still wins over the environment."""
+    assert [] == configured_keys([], "KEYS", {"KEYS": "env"})
+
+
+def test_configured_keys_from_env() -> None:
+    """Without ``api_keys``, the environment variable's comma-separated keys."""
+    assert ["k1", "k2"] == configured_keys(None, "KEYS", {"KEYS": "k1, k2"})
+
+
+def test_configured_keys_env_unset() -> None:
+    """Without ``api_keys`` and with the variable unset, no keys."""
+    assert [] == configured_keys(None, "KEYS", {"OTHER": "x"})
+
+
+@pytest.mark.parametrize("env_name", [None, ""])
+def test_configured_keys_no_env_name(env_name: str | None) -> None:
+    """Without an environment variable name, the environment is not read."""
+    assert [] == configured_keys(None, env_name, {"": "x"})
+
+
+def test_generate_key_random_and_urlsafe() -> None:
+    """Generated keys differ each time and need no URL escaping."""
+    keys = {generate_key() for _ in range(5)}
+
+    assert (5, True) == (len(keys), all(k.isascii() and "," not in k for k in keys))
+
+
+# -- KeyRing --------------------------------------------------------------------------------
+
+
+def test_check_right_key() -> None:
+    """A configured key is accepted."""
+    assert True is KeyRing(["alpha", "beta"]).check("beta")
+
+
+@pytest.mark.parametrize("presented", ["gamma", "alph", "alphaa", "ALPHA", " alpha", ""])
+def test_check_wrong_key(presented: str) -> None:
+    """Other keys, prefixes, extensions, other case and the empty string are refused."""
+    assert False is KeyRing(["alpha", "beta"]).check(presented)
+
+
+def test_check_non_ascii_key() -> None:
+    """A non-ASCII key is accepted when presented exactly."""
+    ring = KeyRing(["clé-✓-日本"])
+
+    assert [True, False] == [ring.check("clé-✓-日本"), ring.check("cle-✓-日本")]
+
+
+@pytest.mark.parametrize("presented", ["clé", "✓", "\udcff\udc80", "日本語のキー"])
+def test_check_non_ascii_presented_never_raises(presented: str) -> None:
+    """Non-ASCII presented values, including surrogate-escaped bytes, are simply refused."""
+    assert False is KeyRing(["ascii-key"]).check(presented)
+
+
+@pytest.mark.parametrize("presented", ["\ud800", "a\udbffb", "x\udfffy"])
+def test_check_lone_surrogates_never_raise(presented: str) -> None:
+    """Any lone surrogate in a presented value is refused, never an exception."""
+    assert False is KeyRing(["ascii-key"]).check(presented)
+
+
+@pytest.mark.parametrize("keys", [[], ["", "  "]])
+def test_keyring_without_keys_raises(keys: list[str]) -> None:
+    """A key ring needs at least one key."""
+    with pytest.raises(ValueError, match="at least one API key"):
+        KeyRing(parse_keys(keys))
+
+
+# -- bearer_token ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "header", ["Bearer tok-1", "bearer tok-1", "BEARER tok-1", "  Bearer   tok-1  "]
+)
+def test_bearer_token(header: str) -> None:
+    """The token of a Bearer header, whatever the scheme's case and the spacing."""
+    assert "tok-1" == bearer_token(header)
+
+
+@pytest.mark.parametrize(
+    "header", [None, "", "Bearer", "Bearer ", "Bearer    ", "Basic dXNlcjpwYXNz", "tok-1"]
+)
+def test_bearer_token_none(header: str | None) -> None:
+    """Missing header, missing token or another scheme: no token."""
+    assert None is bearer_token(header)
+
+
+# -- is_loopback_host -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "127.0.0.1:3000",
+        "127.1.2.3:80",
+        "localhost",
+        "LOCALHOST:3000",
+        "localhost.",
+        "[::1]:3000",
+        "[::1]",
+        "::1",
+    ],
+)
+def test_loopback_hosts(host: str) -> None:
+    """Loopback addresses and names, with or without port, are loopback."""
+    assert True is is_loopback_host(host)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.example",
+        "evil.example:3000",
+        "localhost.evil.example",
+        "127.0.0.1.nip.io",
+        "10.0.0.1",
+        "0.0.0.0",
+        "[::]:3000",
+        "::",
+        "",
+        "[",
+    ],
+)
+def test_non_loopback_hosts(host: str) -> None:
+    """Other names and addresses, all interfaces, and junk are not loopback."""
+    assert False is is_loopback_host(host)

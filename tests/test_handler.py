@@ -1,0 +1,441 @@
+"""WebSocketHandler as users configure it: options, keys, failures, close, structlog, broadcast."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import logging.config
+import socket
+import sys
+import textwrap
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import structlog
+from conftest import (
+    AUTH,
+    TIMEOUT,
+    connect,
+    dict_config,
+    live_handler,
+    receive_json,
+    receive_logs,
+    wait_until,
+)
+
+import wslogging
+from wslogging.handler import HandlerState
+
+log = logging.getLogger("app")
+Configure = Callable[..., wslogging.WebSocketHandler]
+
+
+# -- construction ----------------------------------------------------------------------------
+
+
+def test_port_zero_exposes_port_and_url(handler: wslogging.WebSocketHandler) -> None:
+    """port=0 picks a free port, shown as handler.port and in handler.url."""
+    assert handler.port > 0
+    assert f"http://127.0.0.1:{handler.port}" == handler.url
+
+
+def test_file_config(tmp_path: Path) -> None:
+    """logging.config.fileConfig builds the handler from kwargs."""
+    ini = tmp_path / "logging.ini"
+    ini.write_text(
+        textwrap.dedent(
+            """\
+            [loggers]
+            keys=root
+            [handlers]
+            keys=live
+            [formatters]
+            keys=plain
+            [formatter_plain]
+            format=%(levelname)s %(message)s
+            [logger_root]
+            level=INFO
+            handlers=live
+            [handler_live]
+            class=wslogging.WebSocketHandler
+            formatter=plain
+            kwargs={"port": "0", "api_keys": "a, b", "history": "50"}
+            """
+        )
+    )
+    logging.config.fileConfig(ini, disable_existing_loggers=False)
+    handler = live_handler()
+    log.warning("from ini")
+    wait_until(lambda: handler._server.hub.stats()["records_accepted"] == 1)
+    entry = handler._server.hub.history.get(handler._server.hub.history.last_id)
+    assert entry is not None
+    assert ("WARNING from ini", 50) == (entry.log, handler._server.hub.history.maxlen)
+
+
+async def test_keys_from_comma_string_and_env(
+    configure: Configure, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """api_keys as a comma string; without api_keys, WSLOGGING_API_KEY (comma-separated)."""
+    handler = configure(api_keys="one, two")
+    for key, status in (("one", 200), ("two", 200), ("one, two", 401)):
+        async with session.get(
+            f"{handler.url}/api/stats", headers={"Authorization": f"Bearer {key}"}
+        ) as response:
+            assert status == response.status
+    monkeypatch.setenv("WSLOGGING_API_KEY", "env1,env2")
+    handler = configure(api_keys=None)
+    async with session.get(
+        f"{handler.url}/api/stats", headers={"Authorization": "Bearer env2"}
+    ) as response:
+        assert 200 == response.status
+
+
+async def test_generated_key_is_printed_once(
+    configure: Configure,
+    session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With no key anywhere, one stderr line gives the URL and a random key that works."""
+    monkeypatch.delenv("WSLOGGING_API_KEY", raising=False)
+    handler = configure(api_keys=None)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"wslogging: streaming logs at {handler.url}/ with API key ")
+    key = line.rsplit(" ", 1)[1]
+    async with session.get(
+        f"{handler.url}/api/stats", headers={"Authorization": f"Bearer {key}"}
+    ) as response:
+        assert 200 == response.status
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"slow_client": "wait"}, "slow_client must be 'drop' or 'disconnect'"),
+        ({"port": "http"}, "port must be a number"),
+        ({"port": 70000}, "port must be 0 to 65535"),
+        ({"queue_size": 0}, "queue_size must be at least 1"),
+        ({"allow_query_token": "maybe"}, "allow_query_token must be true or false"),
+        ({"backend": "redis://localhost:6379/0"}, "Redis backend is not available"),
+    ],
+)
+def test_bad_options_raise_clearly(options: dict[str, object], message: str) -> None:
+    """A bad option is a configuration error naming the option."""
+    with pytest.raises(ValueError, match="Unable to configure handler") as excinfo:
+        logging.config.dictConfig(dict_config(**options))
+    assert message in str(excinfo.value.__cause__)
+
+
+def test_port_in_use_becomes_counting_noop(
+    configure: Configure, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A port in use gives one clear stderr line; logging goes on and drops are counted."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        handler = configure(port=port)
+        (line,) = capsys.readouterr().err.splitlines()
+        assert f"wslogging: cannot serve on 127.0.0.1:{port} (Address already in use)" in line
+        assert HandlerState.FAILED is handler.state
+        for n in range(5):
+            log.error("lost %d", n)
+        assert 5 == handler.records_dropped
+        handler.close()
+
+
+def test_public_host_without_key_is_refused(
+    configure: Configure, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Binding beyond loopback with no key configured refuses to serve, and says so."""
+    monkeypatch.delenv("WSLOGGING_API_KEY", raising=False)
+    handler = configure(host="0.0.0.0", api_keys=None)
+    assert HandlerState.FAILED is handler.state
+    assert "refusing to serve on 0.0.0.0" in capsys.readouterr().err
+
+
+def test_reconfiguring_does_not_deadlock() -> None:
+    """dictConfig three times in a row (each closes the last handler under logging's lock)
+    finishes: the constructor never waits for the server thread."""
+
+    def configure_thrice() -> None:
+        for _ in range(3):
+            logging.config.dictConfig(dict_config())
+            logging.getLogger("asyncio").setLevel(logging.DEBUG)
+            log.debug("configured")
+
+    thread = threading.Thread(target=configure_thrice, daemon=True)
+    thread.start()
+    thread.join(TIMEOUT)
+    assert not thread.is_alive()
+    assert HandlerState.SERVING is live_handler().state
+
+
+# -- the logging path never hurts the app -----------------------------------------------------
+
+
+def test_emit_never_waits_for_a_stalled_server(configure: Configure) -> None:
+    """With the server's loop frozen, 10,000 records are logged at once; the ones that did not
+    fit the queue are counted as dropped and reported in stats."""
+    handler = configure(queue_size=100)
+    assert handler._server._loop_ready.wait(TIMEOUT)
+    loop = handler._server._loop
+    assert loop is not None
+    release = threading.Event()
+    loop.call_soon_threadsafe(release.wait, TIMEOUT)  # blocks the server thread
+    done = threading.Event()
+
+    def app() -> None:
+        for n in range(10_000):
+            log.info("n=%d", n)
+        done.set()
+
+    threading.Thread(target=app, daemon=True).start()
+    try:
+        assert done.wait(TIMEOUT)
+    finally:
+        release.set()
+    assert 10_000 - 100 <= handler.records_dropped <= 10_000 - 100 + 1
+    wait_until(lambda: handler._server.hub.stats()["records_accepted"] >= 99)
+
+
+async def test_server_records_are_never_streamed(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """Records logged on the server's thread, or by wslogging.* loggers, are not streamed."""
+    ws = await connect(session, handler)  # the loop is running once the server answers
+    loop = handler._server._loop
+    assert loop is not None
+    loop.call_soon_threadsafe(logging.getLogger("app.inside").error, "from the server thread")
+    logging.getLogger("wslogging.server").error("our own")
+    logging.getLogger("aiohttp.access").info("GET /ws/logs?access_token=secret")
+    log.info("marker")
+    logs = await receive_logs(ws, 2)
+    assert ["GET /ws/logs?access_token=secret", "marker"] == [r["log"] for r in logs]
+    await ws.close()
+
+
+async def test_bad_records_never_raise(
+    handler: wslogging.WebSocketHandler,
+    session: aiohttp.ClientSession,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Unencodable extras are repr()'d; a record that cannot be formatted goes to handleError
+    and is counted; the app goes on."""
+
+    class Opaque:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    ws = await connect(session, handler)
+    log.info("odd", extra={"obj": Opaque(), "nan": float("nan"), "key": {1: {2, 3}}})
+    log.info("%s and %s", "one")  # wrong number of arguments
+    log.info("after")
+    odd, after = await receive_logs(ws, 2)
+    assert {"obj": "<unrepresentable Opaque>", "nan": "nan", "key": {"1": [2, 3]}} == odd["fields"]
+    assert "after" == after["log"]
+    assert 1 == handler.records_dropped
+    assert "--- Logging error ---" in capsys.readouterr().err
+    await ws.close()
+
+
+def test_formatter_that_raises_is_contained(
+    handler: wslogging.WebSocketHandler, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A formatter that raises costs that record only."""
+
+    class Broken(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            raise RuntimeError("formatter bug")
+
+    handler.setFormatter(Broken())
+    log.info("lost")
+    assert 1 == handler.records_dropped
+    assert "formatter bug" in capsys.readouterr().err
+
+
+async def test_formatter_output_is_log(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """With a formatter set, log is its output."""
+    handler.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
+    ws = await connect(session, handler)
+    log.warning("formatted")
+    assert ["WARNING:app:formatted"] == [r["log"] for r in await receive_logs(ws, 1)]
+    await ws.close()
+
+
+# -- close --------------------------------------------------------------------------------------
+
+
+async def test_close_delivers_queued_then_1001(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """close() delivers every record logged before it, closes WebSockets with 1001, ends SSE."""
+    ws = await connect(session, handler)
+    sse = await session.get(f"{handler.url}/api/get-logs-stream", headers=AUTH)
+    await asyncio.to_thread(wait_until, lambda: handler._server.hub.stats()["clients"] == 2)
+    for n in range(2000):
+        log.info("c%d", n)
+    closing_thread = asyncio.create_task(asyncio.to_thread(handler.close))
+    logs = await receive_logs(ws, 2000)
+    assert [f"c{n}" for n in range(2000)] == [r["log"] for r in logs]
+    closing = await ws.receive(timeout=TIMEOUT)
+    assert (aiohttp.WSMsgType.CLOSE, 1001) == (closing.type, closing.data)
+    body = await sse.read()  # returns only because the stream ended
+    assert 2000 == body.count(b"\ndata: ")
+    await closing_thread
+    handler.close()  # idempotent
+    log.info("after close")
+    assert 1 == handler.records_dropped
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await session.get(f"{handler.url}/healthz")
+
+
+async def test_exit_with_clients_connected(session: aiohttp.ClientSession) -> None:
+    """A script that logs and exits delivers everything to a connected client, then 1001."""
+    script = textwrap.dedent(
+        """\
+        import logging, logging.config, sys
+        logging.config.dictConfig({
+            "version": 1,
+            "handlers": {"live": {"class": "wslogging.WebSocketHandler", "port": 0,
+                                  "api_keys": "test-key"}},
+            "root": {"level": "INFO", "handlers": ["live"]},
+        })
+        print(logging.getLogger().handlers[0].port, flush=True)
+        sys.stdin.readline()
+        for n in range(500):
+            logging.getLogger("app").info("exit %d", n)
+        """
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdin is not None
+    assert process.stdout is not None
+    port = int(await asyncio.wait_for(process.stdout.readline(), TIMEOUT))
+    ws = await session.ws_connect(f"ws://127.0.0.1:{port}/ws/logs", headers=AUTH)
+    assert "hello" == (await receive_json(ws))["type"]
+    process.stdin.write(b"go\n")
+    await process.stdin.drain()
+    logs = await receive_logs(ws, 500)
+    assert [f"exit {n}" for n in range(500)] == [r["log"] for r in logs]
+    assert 1001 == (await ws.receive(timeout=TIMEOUT)).data
+    assert 0 == await asyncio.wait_for(process.wait(), TIMEOUT)
+
+
+# -- broadcast ------------------------------------------------------------------------------------
+
+
+async def test_broadcast_log_sync_from_a_thread(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """broadcast_log_sync works from any thread and skips loggers and their levels."""
+    logging.getLogger().setLevel(logging.CRITICAL)
+    ws = await connect(session, handler)
+    await asyncio.to_thread(wslogging.broadcast_log_sync, "deploying", level="INFO", version=3)
+    (record,) = await receive_logs(ws, 1)
+    assert ("deploying", "INFO", "broadcast", {"version": 3}) == (
+        record["log"],
+        record["level"],
+        record["category"],
+        record["fields"],
+    )
+    await ws.close()
+
+
+async def test_broadcast_without_handler_raises() -> None:
+    """broadcast_log with no serving handler says what to do."""
+    with pytest.raises(RuntimeError, match="no WebSocketHandler is serving"):
+        await wslogging.broadcast_log("nobody")
+
+
+# -- structlog --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def _structlog_reset() -> Iterator[None]:
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.mark.usefixtures("_structlog_reset")
+async def test_structlog_render_to_log_kwargs(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """structlog through the stdlib with render_to_log_kwargs keeps key/values in fields."""
+    structlog.configure(
+        processors=[structlog.stdlib.add_log_level, structlog.stdlib.render_to_log_kwargs],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+    )
+    ws = await connect(session, handler)
+    structlog.get_logger("app.sl").bind(request_id="abc").warning("paid", amount=12.5)
+    (record,) = await receive_logs(ws, 1)
+    assert ("paid", "WARNING", "app.sl") == (record["log"], record["level"], record["logger"])
+    assert {"request_id": "abc", "amount": 12.5}.items() <= record["fields"].items()
+    await ws.close()
+
+
+@pytest.mark.usefixtures("_structlog_reset")
+async def test_structlog_processor_formatter(
+    configure: Configure, session: aiohttp.ClientSession
+) -> None:
+    """structlog's wrap_for_formatter with a ProcessorFormatter on the handler: log is the
+    rendered line, fields keep the pairs."""
+    config = dict_config()
+    config["formatters"] = {
+        "structlog": {
+            "()": structlog.stdlib.ProcessorFormatter,
+            "processor": structlog.processors.KeyValueRenderer(key_order=["event"]),
+        }
+    }
+    config["handlers"]["live"]["formatter"] = "structlog"
+    logging.config.dictConfig(config)
+    handler = live_handler()
+    structlog.configure(
+        processors=[structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+    )
+    ws = await connect(session, handler)
+    structlog.get_logger("app.sl").info("login", user="ann", attempt=2)
+    (record,) = await receive_logs(ws, 1)
+    assert ("event='login' user='ann' attempt=2", {"user": "ann", "attempt": 2}) == (
+        record["log"],
+        record["fields"],
+    )
+    await ws.close()
+
+
+@pytest.mark.usefixtures("_structlog_reset")
+async def test_structlog_processor_without_stdlib(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """StructlogProcessor streams a structlog chain that never touches logging."""
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            wslogging.StructlogProcessor(handler),
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.ReturnLoggerFactory(),
+    )
+    ws = await connect(session, handler)
+    rendered = structlog.get_logger().error("disk full", free_mb=3)
+    assert {"event": "disk full", "free_mb": 3, "level": "error"} == json.loads(rendered)
+    (record,) = await receive_logs(ws, 1)
+    assert ("disk full", "ERROR", "structlog", {"free_mb": 3, "level": "error"}) == (
+        record["log"],
+        record["level"],
+        record["logger"],
+        record["fields"],
+    )
+    await ws.close()

@@ -1,0 +1,538 @@
+"""End to end: the real server on port 0, configured through dictConfig, with real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from collections.abc import Callable
+
+import aiohttp
+import pytest
+import websockets
+from conftest import (
+    AUTH,
+    KEY,
+    TIMEOUT,
+    async_wait_until,
+    connect,
+    read_sse,
+    receive_json,
+    receive_logs,
+)
+
+import wslogging
+
+log = logging.getLogger("app.worker")
+Configure = Callable[..., wslogging.WebSocketHandler]
+
+
+# -- authentication -------------------------------------------------------------------------
+
+
+async def test_ws_without_key_is_closed_4401(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """A WebSocket with no key is accepted, then closed 4401 "missing API key", no record."""
+    log.info("secret record")
+    async with session.ws_connect(f"{handler.url}/ws/logs?since=0") as ws:
+        message = await ws.receive(timeout=TIMEOUT)
+        assert (aiohttp.WSMsgType.CLOSE, 4401, "missing API key") == (
+            message.type,
+            message.data,
+            message.extra,
+        )
+
+
+async def test_ws_with_wrong_key_is_closed_4401(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """A wrong Bearer key gets 4401 "invalid API key" and no record."""
+    log.info("secret record")
+    headers = {"Authorization": "Bearer nope"}
+    async with session.ws_connect(f"{handler.url}/ws/logs?since=0", headers=headers) as ws:
+        message = await ws.receive(timeout=TIMEOUT)
+        assert (aiohttp.WSMsgType.CLOSE, 4401, "invalid API key") == (
+            message.type,
+            message.data,
+            message.extra,
+        )
+
+
+async def test_ws_accepts_header_and_query_token(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """Both the Bearer header and ?access_token= authenticate a WebSocket."""
+    async with session.ws_connect(f"{handler.url}/ws/logs", headers=AUTH) as ws:
+        assert "hello" == (await receive_json(ws))["type"]
+    async with session.ws_connect(f"{handler.url}/ws/logs?access_token={KEY}") as ws:
+        assert "hello" == (await receive_json(ws))["type"]
+
+
+async def test_query_token_can_be_refused(
+    configure: Configure, session: aiohttp.ClientSession
+) -> None:
+    """With allow_query_token=False, ?access_token= is not a key."""
+    handler = configure(allow_query_token=False)
+    async with session.get(f"{handler.url}/api/logs?access_token={KEY}") as response:
+        assert 401 == response.status
+    async with session.ws_connect(f"{handler.url}/ws/logs?access_token={KEY}") as ws:
+        message = await ws.receive(timeout=TIMEOUT)
+        assert (4401, "missing API key") == (message.data, message.extra)
+
+
+@pytest.mark.parametrize("path", ["/api/logs", "/api/get-logs-stream", "/api/stats"])
+async def test_http_without_key_is_401(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession, path: str
+) -> None:
+    """HTTP endpoints answer 401 with WWW-Authenticate: Bearer and a JSON body."""
+    async with session.get(handler.url + path, headers={"Authorization": "Bearer x"}) as response:
+        body = await response.json()
+        assert (401, "Bearer") == (response.status, response.headers["WWW-Authenticate"])
+        assert {"error": "unauthorized", "detail": "invalid API key"} == body
+
+
+async def test_healthz_needs_no_key(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """/healthz is public."""
+    async with session.get(f"{handler.url}/healthz") as response:
+        assert {"status": "ok"} == await response.json()
+
+
+def _raw_http(handler: wslogging.WebSocketHandler, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", handler.port), timeout=TIMEOUT) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+def test_non_ascii_key_is_401_not_500(handler: wslogging.WebSocketHandler) -> None:
+    """A key with non-ASCII (even non-UTF-8) bytes is compared as bytes: 401, never 500."""
+    for token in ("clé-ünïcode".encode(), b"\xff\xfe\x80"):
+        request = (
+            b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+            + token
+            + b"\r\nConnection: close\r\n\r\n"
+        )
+        assert _raw_http(handler, request).startswith(b"HTTP/1.1 401")
+
+
+async def test_non_ascii_configured_key_works(
+    configure: Configure, session: aiohttp.ClientSession
+) -> None:
+    """A configured key with any characters authenticates when sent as UTF-8."""
+    handler = configure(api_keys=["ключ-🔑"])
+    async with session.get(
+        f"{handler.url}/api/stats", params={"access_token": "ключ-🔑"}
+    ) as response:
+        assert 200 == response.status
+
+
+def test_foreign_host_header_is_refused(handler: wslogging.WebSocketHandler) -> None:
+    """While bound to loopback, a request naming another Host gets 403 (DNS rebinding)."""
+    request = b"GET /healthz HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n"
+    assert _raw_http(handler, request).startswith(b"HTTP/1.1 403")
+
+
+async def test_disallowed_origin_is_refused(
+    configure: Configure, session: aiohttp.ClientSession
+) -> None:
+    """With allowed_origins set, a WebSocket handshake from another Origin gets 403."""
+    handler = configure(allowed_origins="http://good.example")
+    with pytest.raises(aiohttp.WSServerHandshakeError) as excinfo:
+        await session.ws_connect(
+            f"{handler.url}/ws/logs", headers={**AUTH, "Origin": "http://evil.example"}
+        )
+    assert 403 == excinfo.value.status
+    ws = await session.ws_connect(
+        f"{handler.url}/ws/logs", headers={**AUTH, "Origin": "http://good.example"}
+    )
+    assert "hello" == (await receive_json(ws))["type"]
+    await ws.close()
+
+
+# -- the WebSocket stream ----------------------------------------------------------------------
+
+
+async def test_hello_then_records_in_order(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """hello comes first, then every record in order, shaped as SPEC §4."""
+    ws = await session.ws_connect(f"{handler.url}/ws/logs", headers=AUTH)
+    hello = await receive_json(ws)
+    assert ["epoch", "filter", "last_id", "server", "type"] == sorted(hello)
+    assert hello["server"] == f"wslogging/{wslogging.__version__}"
+    for n in range(50):
+        log.info("record %d", n, extra={"job": n, "category": "jobs" if n % 2 else None})
+    logs = await receive_logs(ws, 50)
+    assert [f"record {n}" for n in range(50)] == [r["log"] for r in logs]
+    ids = [int(r["id"]) for r in logs]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 50
+    first = logs[1]
+    assert {
+        "type",
+        "id",
+        "log",
+        "level",
+        "levelno",
+        "logger",
+        "category",
+        "pid",
+        "time",
+        "fields",
+        "exc",
+    } == set(first)
+    assert ("INFO", 20, "app.worker", "jobs", {"job": 1}, None) == (
+        first["level"],
+        first["levelno"],
+        first["logger"],
+        first["category"],
+        first["fields"],
+        first["exc"],
+    )
+    assert "app.worker" == logs[0]["category"]
+    await ws.close()
+
+
+async def test_traceback_goes_to_exc(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """log.exception() sends the message as log and the traceback as exc."""
+    ws = await connect(session, handler)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("it failed")
+    (record,) = await receive_logs(ws, 1)
+    assert "it failed" == record["log"]
+    assert "ValueError: boom" in record["exc"]
+    assert "Traceback" in record["exc"]
+    await ws.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("level=warning", ["db warn", "billing error"]),
+        ("level=40", ["billing error"]),
+        ("logger=app", ["app info", "db warn"]),
+        ("logger=app.db&logger=billing", ["db warn", "billing error"]),
+        ("category=payments", ["billing error"]),
+        ("grep=info", ["app info"]),
+        ("field.status=500", ["billing error"]),
+        ("field.user=ann&level=INFO", ["app info"]),
+    ],
+)
+async def test_ws_filters(
+    handler: wslogging.WebSocketHandler,
+    session: aiohttp.ClientSession,
+    query: str,
+    expected: list[str],
+) -> None:
+    """Each query filter selects exactly the records it names."""
+    ws = await connect(session, handler, "?" + query)
+    _log_filter_sample()
+    assert expected == [r["log"] for r in await _logs_until_marker(ws)]
+    await ws.close()
+
+
+def _log_filter_sample() -> None:
+    logging.getLogger("app").info("app info", extra={"user": "ann", "status": 200})
+    logging.getLogger("app.db").warning("db warn", extra={"user": "bob"})
+    logging.getLogger("application").debug("application debug")
+    logging.getLogger("billing").error(
+        "billing error", extra={"category": "payments", "status": 500}
+    )
+    # Matches every filter above, so the reader knows the sample is over.
+    logging.getLogger("app.db").critical(
+        "end info", extra={"category": "payments", "status": 500, "user": "ann"}
+    )
+
+
+async def _logs_until_marker(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, object]]:
+    logs = []
+    while True:
+        (record,) = await receive_logs(ws, 1)
+        if record["log"] == "end info":
+            return logs
+        logs.append(record)
+
+
+async def test_bad_filter_is_400(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """A malformed filter or since is refused with 400 and a reason, before any stream."""
+    for query in ("level=loud", "since=yesterday"):
+        async with session.get(
+            f"{handler.url}/api/get-logs-stream?{query}", headers=AUTH
+        ) as response:
+            assert 400 == response.status
+            assert "bad_request" == (await response.json())["error"]
+        with pytest.raises(aiohttp.WSServerHandshakeError) as excinfo:
+            await session.ws_connect(f"{handler.url}/ws/logs?{query}", headers=AUTH)
+        assert 400 == excinfo.value.status
+
+
+async def test_ws_since_replays_exactly_what_followed(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """Reconnecting with since=<last id seen> gets every later record once, then live ones."""
+    ws = await connect(session, handler)
+    for n in range(10):
+        log.info("r%d", n)
+    seen = await receive_logs(ws, 5)
+    await ws.close()
+    for n in range(10, 15):
+        log.info("r%d", n)
+    ws = await connect(session, handler, f"?since={seen[-1]['id']}")
+    replay = await receive_logs(ws, 10)
+    log.info("r15")
+    (live,) = await receive_logs(ws, 1)
+    assert [f"r{n}" for n in range(5, 16)] == [r["log"] for r in [*replay, live]]
+    await ws.close()
+
+
+async def test_since_zero_replays_all_history(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """since=0 replays everything still held, with no gap."""
+    for n in range(3):
+        log.info("early %d", n)
+    ws = await session.ws_connect(f"{handler.url}/ws/logs?since=0", headers=AUTH)
+    frames = [await receive_json(ws) for _ in range(4)]
+    assert ["hello", "log", "log", "log"] == [f["type"] for f in frames]
+    await ws.close()
+
+
+async def test_forgotten_since_gets_gap_then_oldest(
+    configure: Configure, session: aiohttp.ClientSession
+) -> None:
+    """An id already gone from history gets gap(history) with the count, then what is left."""
+    handler = configure(history=5)
+    ws = await connect(session, handler)
+    log.info("first")
+    (first,) = await receive_logs(ws, 1)
+    await ws.close()
+    for n in range(10):
+        log.info("n%d", n)
+    ws = await connect(session, handler, f"?since={first['id']}")
+    assert {"type": "gap", "missed": 5, "reason": "history"} == await receive_json(ws)
+    assert [f"n{n}" for n in range(5, 10)] == [r["log"] for r in await receive_logs(ws, 5)]
+    await ws.close()
+
+
+async def test_id_from_an_earlier_run_gets_restart_gap(
+    configure: Configure, session: aiohttp.ClientSession
+) -> None:
+    """An id issued by a previous run of the server gets gap(restart), then history."""
+    handler = configure()
+    ws = await connect(session, handler)
+    log.info("old run")
+    (old,) = await receive_logs(ws, 1)
+    await ws.close()
+    handler = configure()  # a fresh server: dictConfig closes the old handler
+    log.info("new run")
+    ws = await connect(session, handler, f"?since={old['id']}")
+    assert {"type": "gap", "missed": None, "reason": "restart"} == await receive_json(ws)
+    assert ["new run"] == [r["log"] for r in await receive_logs(ws, 1)]
+    await ws.close()
+
+
+async def test_ping_subscribe_and_errors(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """ping → pong; subscribe replaces the filter live; malformed input → error, stream stays."""
+    ws = await connect(session, handler)
+    await ws.send_str('{"type": "ping"}')
+    assert {"type": "pong"} == await receive_json(ws)
+    for bad in ("not json", "[]", '{"type": "dance"}', '{"type": "subscribe", "filter": 3}'):
+        await ws.send_str(bad)
+        assert "error" == (await receive_json(ws))["type"]
+    await ws.send_bytes(b"\x00")
+    assert "error" == (await receive_json(ws))["type"]
+    await ws.send_str("x" * 100_000)
+    assert "error" == (await receive_json(ws))["type"]
+    await ws.send_json({"type": "subscribe", "filter": {"level": "ERROR", "logger": "app"}})
+    subscribed = await receive_json(ws)
+    assert ("subscribed", 40, ["app"]) == (
+        subscribed["type"],
+        subscribed["filter"]["level"],
+        subscribed["filter"]["logger"],
+    )
+    log.info("filtered out")
+    log.error("kept")
+    assert ["kept"] == [r["log"] for r in await receive_logs(ws, 1)]
+    await ws.close()
+
+
+async def test_independent_websockets_client(
+    handler: wslogging.WebSocketHandler,
+) -> None:
+    """The `websockets` library, a second implementation of RFC 6455, reads the stream."""
+    async with websockets.connect(
+        f"ws://127.0.0.1:{handler.port}/ws/logs?level=INFO", additional_headers=AUTH
+    ) as ws:
+        hello = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+        assert "hello" == hello["type"]
+        log.debug("skipped")
+        log.info("héllo wörld", extra={"n": 1})
+        record = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+        assert ("héllo wörld", {"n": 1}) == (record["log"], record["fields"])
+
+
+async def test_broadcast_reaches_every_client(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """Five WebSocket clients and one SSE client each get all records and broadcasts."""
+    sockets = [await connect(session, handler) for _ in range(5)]
+    sse = await session.get(f"{handler.url}/api/get-logs-stream?limit=101", headers=AUTH)
+    await async_wait_until(lambda: handler._server.hub.stats()["clients"] == 6)
+    for n in range(100):
+        log.info("m%d", n)
+    await wslogging.broadcast_log("to all", level="WARNING", category="ops", deploy=42)
+    expected = [f"m{n}" for n in range(100)] + ["to all"]
+    for ws in sockets:
+        logs = await receive_logs(ws, 101)
+        assert expected == [r["log"] for r in logs]
+        assert ("WARNING", "ops", {"deploy": 42}) == (
+            logs[-1]["level"],
+            logs[-1]["category"],
+            logs[-1]["fields"],
+        )
+        await ws.close()
+    events = await read_sse(sse)
+    assert expected == [json.loads(e["data"])["log"] for e in events]
+
+
+async def test_max_clients_gives_503(configure: Configure, session: aiohttp.ClientSession) -> None:
+    """Connections beyond max_clients get 503."""
+    handler = configure(max_clients=1)
+    ws = await connect(session, handler)
+    async with session.get(f"{handler.url}/api/get-logs-stream", headers=AUTH) as response:
+        assert 503 == response.status
+    await ws.close()
+    await async_wait_until(lambda: handler._server.hub.stats()["clients"] == 0)
+    async with session.get(
+        f"{handler.url}/api/get-logs-stream?timeout=0.05", headers=AUTH
+    ) as response:
+        assert 200 == response.status
+
+
+# -- Server-Sent Events -------------------------------------------------------------------------
+
+
+async def test_sse_framing_and_headers(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """SSE starts with retry:, each record is id: + one data: line; headers per SPEC §5."""
+    log.info("line one\n\nid: forged\r\ndata: evil")
+    async with session.get(
+        f"{handler.url}/api/get-logs-stream?since=0&limit=1", headers=AUTH
+    ) as response:
+        assert "text/event-stream" == response.headers["Content-Type"]
+        assert "no-cache" == response.headers["Cache-Control"]
+        assert "no" == response.headers["X-Accel-Buffering"]
+        body = await response.read()
+    assert body.startswith(b"retry: ")
+    events = [e for e in body.split(b"\n\n") if e.strip()]
+    assert 2 == len(events)
+    id_line, data_line = events[1].split(b"\n")
+    record = json.loads(data_line.removeprefix(b"data: "))
+    assert (id_line, "line one\n\nid: forged\r\ndata: evil") == (
+        b"id: " + record["id"].encode(),
+        record["log"],
+    )
+
+
+async def test_sse_last_event_id_resumes_exactly(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """Last-Event-ID (which wins over ?since=) gives exactly the records after it."""
+    for n in range(20):
+        log.info("s%d", n)
+    async with session.get(
+        f"{handler.url}/api/get-logs-stream?since=0&limit=7", headers=AUTH
+    ) as response:
+        first = await read_sse(response)
+    async with session.get(
+        f"{handler.url}/api/get-logs-stream?since=0&limit=13",
+        headers={**AUTH, "Last-Event-ID": first[-1]["id"]},
+    ) as response:
+        second = await read_sse(response)
+    logs = [json.loads(e["data"])["log"] for e in first + second]
+    assert [f"s{n}" for n in range(20)] == logs
+
+
+async def test_sse_filters_and_timeout(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """The query filters apply to SSE; timeout= ends a stream that got fewer than limit."""
+    _log_filter_sample()
+    async with session.get(
+        f"{handler.url}/api/get-logs-stream?since=0&field.status=500&timeout=0.5&limit=100",
+        headers=AUTH,
+    ) as response:
+        events = await read_sse(response)
+    assert ["billing error", "end info"] == [json.loads(e["data"])["log"] for e in events]
+
+
+async def test_sse_heartbeat_comments(configure: Configure, session: aiohttp.ClientSession) -> None:
+    """An idle SSE stream sends ': ping' comment lines every heartbeat."""
+    handler = configure(heartbeat=0.05)
+    async with session.get(
+        f"{handler.url}/api/get-logs-stream?timeout=0.5", headers=AUTH
+    ) as response:
+        body = await response.read()
+    assert body.count(b": ping\n\n") >= 2
+
+
+# -- JSON endpoints -------------------------------------------------------------------------
+
+
+async def test_api_logs_pages(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """/api/logs gives the newest records, or those after since, with last_id to go on from."""
+    for n in range(30):
+        log.log(logging.WARNING if n % 3 == 0 else logging.INFO, "p%d", n)
+    async with session.get(f"{handler.url}/api/logs?limit=5", headers=AUTH) as response:
+        newest = await response.json()
+    assert [f"p{n}" for n in range(25, 30)] == [r["log"] for r in newest["records"]]
+    async with session.get(
+        f"{handler.url}/api/logs?since=0&limit=4&level=WARNING", headers=AUTH
+    ) as response:
+        page = await response.json()
+    assert ["p0", "p3", "p6", "p9"] == [r["log"] for r in page["records"]]
+    assert page["records"][-1]["id"] == page["last_id"]
+    async with session.get(
+        f"{handler.url}/api/logs?since={page['last_id']}&level=WARNING", headers=AUTH
+    ) as response:
+        rest = await response.json()
+    assert [f"p{n}" for n in range(12, 30, 3)] == [r["log"] for r in rest["records"]]
+    assert (newest["last_id"], None) == (rest["last_id"], rest["gap"])
+
+
+async def test_stats(handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession) -> None:
+    """/api/stats counts clients, accepted and dropped records and history."""
+    ws = await connect(session, handler)
+    for n in range(3):
+        log.info("x%d", n)
+    await receive_logs(ws, 3)
+    async with session.get(f"{handler.url}/api/stats", headers=AUTH) as response:
+        stats = await response.json()
+    assert {
+        "clients": 1,
+        "records_accepted": 3,
+        "records_dropped": 0,
+        "client_drops": 0,
+        "history_size": 3,
+    }.items() <= stats.items()
+    await ws.close()
