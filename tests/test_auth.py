@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from wslogging._auth import (
+    FailureThrottle,
     KeyRing,
+    TicketBook,
     bearer_token,
     configured_keys,
     generate_key,
@@ -181,3 +183,70 @@ def test_loopback_hosts(host: str) -> None:
 def test_non_loopback_hosts(host: str) -> None:
     """Other names and addresses, all interfaces, and junk are not loopback."""
     assert False is is_loopback_host(host)
+
+
+# -- FailureThrottle ---------------------------------------------------------------------------
+
+
+def test_throttle_blocks_after_limit_until_window_ends() -> None:
+    """Past the limit an address waits out the rest of its window; others are unaffected."""
+    throttle = FailureThrottle(limit=3, window=60.0)
+    for _ in range(3):
+        assert 0.0 == throttle.blocked("10.0.0.1", 100.0)
+        throttle.failed("10.0.0.1", 100.0)
+    assert 50.0 == throttle.blocked("10.0.0.1", 110.0)
+    assert 0.0 == throttle.blocked("10.0.0.2", 110.0)
+    assert 0.0 == throttle.blocked("10.0.0.1", 160.0)
+
+
+def test_throttle_window_restarts_after_expiry() -> None:
+    """Failures in an expired window no longer count."""
+    throttle = FailureThrottle(limit=2, window=10.0)
+    throttle.failed("a", 0.0)
+    throttle.failed("a", 11.0)
+    assert 0.0 == throttle.blocked("a", 12.0)
+
+
+def test_throttle_tracks_a_bounded_number_of_addresses() -> None:
+    """Beyond max_addresses the oldest address is forgotten first."""
+    throttle = FailureThrottle(limit=1, window=60.0, max_addresses=2)
+    for address in ("a", "b", "c"):
+        throttle.failed(address, 0.0)
+    assert (0.0, True, True) == (
+        throttle.blocked("a", 1.0),
+        throttle.blocked("b", 1.0) > 0,
+        throttle.blocked("c", 1.0) > 0,
+    )
+
+
+# -- TicketBook ----------------------------------------------------------------------------------
+
+
+def test_ticket_is_single_use() -> None:
+    """A ticket is good once."""
+    book = TicketBook(lifetime=30.0)
+    ticket = book.issue(0.0)
+    assert (True, False) == (book.redeem(ticket, 1.0), book.redeem(ticket, 1.0))
+
+
+def test_ticket_expires() -> None:
+    """A ticket is refused once its lifetime has passed, and is used up by the attempt."""
+    book = TicketBook(lifetime=30.0)
+    ticket = book.issue(0.0)
+    assert False is book.redeem(ticket, 30.0)
+
+
+def test_unknown_ticket_is_refused() -> None:
+    """A ticket never issued is refused."""
+    assert False is TicketBook().redeem("made-up", 0.0)
+
+
+def test_tickets_are_bounded() -> None:
+    """Beyond max_tickets the oldest outstanding ticket is forgotten."""
+    book = TicketBook(lifetime=30.0, max_tickets=2)
+    first, second, third = (book.issue(0.0) for _ in range(3))
+    assert (False, True, True) == (
+        book.redeem(first, 1.0),
+        book.redeem(second, 1.0),
+        book.redeem(third, 1.0),
+    )

@@ -536,3 +536,63 @@ async def test_stats(handler: wslogging.WebSocketHandler, session: aiohttp.Clien
         "history_size": 3,
     }.items() <= stats.items()
     await ws.close()
+
+
+# -- tickets and throttling -------------------------------------------------------------------
+
+
+async def _ticket(session: aiohttp.ClientSession, handler: wslogging.WebSocketHandler) -> str:
+    async with session.post(f"{handler.url}/api/ticket", headers=AUTH) as response:
+        body = await response.json()
+    assert 30 == body["expires_in"]
+    ticket: str = body["ticket"]
+    return ticket
+
+
+async def test_ticket_works_once_for_ws_and_sse(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """POST /api/ticket (with the key) gives a ticket that opens one WS or SSE stream, once."""
+    ticket = await _ticket(session, handler)
+    async with session.ws_connect(f"{handler.url}/ws/logs?ticket={ticket}") as ws:
+        assert "hello" == (await receive_json(ws))["type"]
+    async with session.ws_connect(f"{handler.url}/ws/logs?ticket={ticket}") as ws:
+        message = await ws.receive(timeout=TIMEOUT)
+        assert (4401, "invalid or expired ticket") == (message.data, message.extra)
+    ticket = await _ticket(session, handler)
+    url = f"{handler.url}/api/get-logs-stream?ticket={ticket}&timeout=0.05"
+    async with session.get(url) as response:
+        assert 200 == response.status
+    async with session.get(url) as response:
+        assert 401 == response.status
+
+
+async def test_ticket_needs_the_key(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """No ticket without the key, and a ticket cannot mint another."""
+    async with session.post(f"{handler.url}/api/ticket") as response:
+        assert 401 == response.status
+    ticket = await _ticket(session, handler)
+    async with session.post(f"{handler.url}/api/ticket?ticket={ticket}") as response:
+        assert 401 == response.status
+
+
+async def test_repeated_failures_are_throttled(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """After 30 failures from one address, everything from it gets 429 with Retry-After
+    (a WebSocket before the upgrade), even with the right key."""
+    bad = {"Authorization": "Bearer wrong"}
+    for _ in range(30):
+        async with session.get(f"{handler.url}/api/stats", headers=bad) as response:
+            assert 401 == response.status
+    async with session.get(f"{handler.url}/api/stats", headers=AUTH) as response:
+        assert 429 == response.status
+        assert 0 < int(response.headers["Retry-After"]) <= 60
+        assert "too_many_requests" == (await response.json())["error"]
+    with pytest.raises(aiohttp.WSServerHandshakeError) as excinfo:
+        await session.ws_connect(f"{handler.url}/ws/logs", headers=AUTH)
+    assert 429 == excinfo.value.status
+    async with session.get(f"{handler.url}/healthz") as response:
+        assert 200 == response.status

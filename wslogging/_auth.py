@@ -91,3 +91,73 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class FailureThrottle:
+    """Counts failed authentications per client address; past ``limit`` in ``window``
+    seconds, that address is refused (429) until its window ends, key or not.
+
+    Bounded: at most ``max_addresses`` addresses are tracked; when full, expired windows are
+    forgotten first, then the oldest. Clients behind one proxy, or all local clients on
+    loopback, share an address and so share a budget.
+    """
+
+    def __init__(self, limit: int = 30, window: float = 60.0, max_addresses: int = 4096) -> None:
+        self.limit = limit
+        self.window = window
+        self.max_addresses = max_addresses
+        self._windows: dict[str, tuple[float, int]] = {}
+
+    def blocked(self, address: str, now: float) -> float:
+        """Seconds until ``address`` may try again; 0.0 if it may now."""
+        start, failures = self._windows.get(address, (now, 0))
+        if now - start >= self.window:
+            self._windows.pop(address, None)
+            return 0.0
+        return self.window - (now - start) if failures >= self.limit else 0.0
+
+    def failed(self, address: str, now: float) -> None:
+        """Count one failed attempt from ``address``."""
+        start, failures = self._windows.get(address, (now, 0))
+        if now - start >= self.window:
+            start, failures = now, 0
+        if address not in self._windows and len(self._windows) >= self.max_addresses:
+            self._forget_some(now)
+        self._windows[address] = (start, failures + 1)
+
+    def _forget_some(self, now: float) -> None:
+        for address, (start, _) in list(self._windows.items()):
+            if now - start >= self.window:
+                del self._windows[address]
+        while len(self._windows) >= self.max_addresses:
+            del self._windows[next(iter(self._windows))]
+
+
+class TicketBook:
+    """Single-use tickets that stand in for the key in a URL (SPEC §3).
+
+    A ticket is valid once, for ``lifetime`` seconds. Bounded: at most ``max_tickets``
+    outstanding; when full, expired ones are forgotten first, then the oldest.
+    """
+
+    def __init__(self, lifetime: float = 30.0, max_tickets: int = 10000) -> None:
+        self.lifetime = lifetime
+        self.max_tickets = max_tickets
+        self._expiry: dict[str, float] = {}
+
+    def issue(self, now: float) -> str:
+        """A new ticket, valid until ``now + lifetime``."""
+        if len(self._expiry) >= self.max_tickets:
+            for ticket, expiry in list(self._expiry.items()):
+                if expiry <= now:
+                    del self._expiry[ticket]
+            while len(self._expiry) >= self.max_tickets:
+                del self._expiry[next(iter(self._expiry))]
+        ticket = secrets.token_urlsafe(24)
+        self._expiry[ticket] = now + self.lifetime
+        return ticket
+
+    def redeem(self, ticket: str, now: float) -> bool:
+        """Whether ``ticket`` is valid now; it is used up either way."""
+        expiry = self._expiry.pop(ticket, None)
+        return expiry is not None and now < expiry

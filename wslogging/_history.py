@@ -54,6 +54,8 @@ class History:
     replay; ids are still assigned).
     """
 
+    _next_id: int
+
     def __init__(self, maxlen: int, first_id: int | None = None) -> None:
         if maxlen < 0:
             raise ValueError("history must be 0 or more")

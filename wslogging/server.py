@@ -10,10 +10,12 @@ import asyncio
 import enum
 import json
 import logging
+import math
 import socket
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +24,7 @@ import janus
 from aiohttp import WSMsgType, web
 
 from . import _wire
-from ._auth import KeyRing, bearer_token, is_loopback_host
+from ._auth import FailureThrottle, KeyRing, TicketBook, bearer_token, is_loopback_host
 from ._filters import Filter, FilterError, filter_from_message, filter_from_query
 from ._history import Gap, SinceError, parse_id
 from ._hub import Client, Hub, Item, SlowClientPolicy
@@ -149,6 +151,8 @@ class LogServer:
         self.state = ServerState.NEW
         self._dropped = dropped
         self._keys = KeyRing(options.keys)
+        self._throttle = FailureThrottle()
+        self._tickets = TicketBook()
         self._loopback = is_loopback_host(options.host)
         self.hub = Hub(
             history=options.history,
@@ -282,6 +286,7 @@ class LogServer:
         app.router.add_get("/api/logs", self._logs)
         app.router.add_get("/api/get-logs-stream", self._sse)
         app.router.add_get("/ws/logs", self._ws)
+        app.router.add_post("/api/ticket", self._ticket)
         # access_log=None: an access line could carry a credential, and must never be streamed.
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -343,21 +348,44 @@ class LogServer:
         if self._loopback and not is_loopback_host(request.host):
             # DNS rebinding: a page on evil.example resolved to 127.0.0.1 sends its own Host.
             return _error(403, "forbidden", "Host must be a loopback name")
-        # The WebSocket route checks the key itself: it must answer with close code 4401.
-        if request.path not in PUBLIC_PATHS and request.path != "/ws/logs":
-            problem = self._auth_problem(request)
+        if request.path in PUBLIC_PATHS:
+            return await handler(request)
+        address = request.remote or ""
+        wait = self._throttle.blocked(address, time.monotonic())
+        if wait:
+            # Refused before the key is looked at (and before any WebSocket upgrade).
+            return _error(
+                429,
+                "too_many_requests",
+                "too many failed authentications from this address",
+                **{"Retry-After": str(math.ceil(wait))},
+            )
+        if request.path != "/ws/logs":  # which answers a bad key with close code 4401 itself
+            problem = self._authenticate(request)
             if problem is not None:
                 return _unauthorized(problem)
         return await handler(request)
 
+    def _authenticate(self, request: web.Request) -> str | None:
+        """Why the request is not authorized (a failure counted against its address), or
+        ``None`` if it is. The reasons name the problem, never the credential."""
+        problem = self._auth_problem(request)
+        if problem is not None:
+            self._throttle.failed(request.remote or "", time.monotonic())
+        return problem
+
     def _auth_problem(self, request: web.Request) -> str | None:
-        """Why the request is not authorized, or ``None`` if it is."""
         token = bearer_token(request.headers.get("Authorization"))
         if token is None and self.options.allow_query_token:
             token = request.query.get("access_token") or None
-        if token is None:
-            return "missing API key"
-        return None if self._keys.check(token) else "invalid API key"
+        if token is not None:
+            return None if self._keys.check(token) else "invalid API key"
+        ticket = request.query.get("ticket")
+        if ticket and request.method == "GET":
+            if self._tickets.redeem(ticket, time.monotonic()):
+                return None
+            return "invalid or expired ticket"
+        return "missing API key"
 
     # -- routes ---------------------------------------------------------------------------
 
@@ -373,6 +401,10 @@ class LogServer:
         stats["queue_size"] = self._queue.sync_q.qsize() if self._queue else 0
         stats["epoch"] = self.hub.epoch
         return _json(stats)
+
+    async def _ticket(self, request: web.Request) -> web.Response:
+        ticket = self._tickets.issue(time.monotonic())
+        return _json({"ticket": ticket, "expires_in": int(self._tickets.lifetime)})
 
     async def _logs(self, request: web.Request) -> web.Response:
         try:
@@ -463,7 +495,7 @@ class LogServer:
         allowed = self.options.allowed_origins
         if allowed is not None and origin is not None and origin not in allowed:
             return _error(403, "forbidden", "Origin not allowed")
-        problem = self._auth_problem(request)
+        problem = self._authenticate(request)
         opened = None if problem else self._open(request, header_since=False)
         if isinstance(opened, web.Response):
             return opened
