@@ -375,3 +375,27 @@ def test_epoch_is_first_id() -> None:
     hub = make_hub()
 
     assert str(hub.history.first_id) == hub.epoch
+
+
+# -- acknowledgments ----------------------------------------------------------------------------
+
+
+def test_ack_never_goes_back() -> None:
+    """The remembered ack is the highest one; an id not issued yet is refused."""
+    hub = make_hub()
+    first, second = accept(hub, 2)
+    hub.ack("c", second.id)
+    hub.ack("c", first.id)
+    assert second.id == hub.acked("c")
+    with pytest.raises(ValueError, match="not sent"):
+        hub.ack("c", second.id + 1)
+
+
+def test_acks_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_ACKED_CLIENTS the least recently acknowledging client is forgotten."""
+    monkeypatch.setattr(_hub, "MAX_ACKED_CLIENTS", 2)
+    hub = make_hub()
+    (entry,) = accept(hub, 1)
+    for client_id in ("a", "b", "a", "c"):
+        hub.ack(client_id, entry.id)
+    assert (entry.id, None, entry.id) == (hub.acked("a"), hub.acked("b"), hub.acked("c"))

@@ -596,3 +596,37 @@ async def test_repeated_failures_are_throttled(
     assert 429 == excinfo.value.status
     async with session.get(f"{handler.url}/healthz") as response:
         assert 200 == response.status
+
+
+async def test_ack_then_reconnect_resumes_after_it(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """With a client_id, a reconnect without since resumes right after the last ack:
+    nothing lost, nothing twice."""
+    ws = await connect(session, handler, "?client_id=tab-1")
+    for n in range(5):
+        log.info("a%d", n)
+    logs = await receive_logs(ws, 5)
+    await ws.send_json({"type": "ack", "id": logs[2]["id"]})
+    await ws.send_json({"type": "ping"})  # answered after the ack was handled
+    assert {"type": "pong"} == await receive_json(ws)
+    await ws.close()
+    log.info("a5")
+    ws = await connect(session, handler, "?client_id=tab-1")
+    assert ["a3", "a4", "a5"] == [r["log"] for r in await receive_logs(ws, 3)]
+    await ws.close()
+
+
+async def test_bad_acks_get_errors(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """An ack without client_id, with a malformed id, or ahead of the server gets error."""
+    ws = await connect(session, handler)
+    await ws.send_json({"type": "ack", "id": "1"})
+    assert "ack needs a client_id" in (await receive_json(ws))["detail"]
+    await ws.close()
+    ws = await connect(session, handler, "?client_id=c")
+    for bad in (7, "seven", str(10**20)):
+        await ws.send_json({"type": "ack", "id": bad})
+        assert "error" == (await receive_json(ws))["type"]
+    await ws.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +20,8 @@ from ._wire import LogEntry, encode_entry
 BATCH = 500
 # How long a client kicked for being slow may take to close cleanly before it is cut off.
 KICK_GRACE = 1.0
+# How many client_ids' acknowledgments are remembered; the least recently used go first.
+MAX_ACKED_CLIENTS = 10000
 
 Item = LogEntry | Gap | dict[str, Any]
 
@@ -66,6 +68,8 @@ class Client:
         self.close_code = 1000
         self.close_reason = ""
         self.dropped = 0
+        # Names the client across reconnections, for acknowledgments (WebSocket only).
+        self.client_id: str | None = None
         # Called (once) when the client must go at once; the connection sets it.
         self.abort: Callable[[], None] | None = None
         self._queue: deque[LogEntry] = deque()
@@ -190,6 +194,7 @@ class Hub:
         self.max_clients = max_clients
         self.clients: set[Client] = set()
         self.client_drops = 0
+        self._acks: OrderedDict[str, int] = OrderedDict()
 
     @property
     def epoch(self) -> str:
@@ -213,6 +218,21 @@ class Hub:
         client = Client(self, flt, start, first, self.client_queue_size, self.slow_client)
         self.clients.add(client)
         return client
+
+    def ack(self, client_id: str, entry_id: int) -> None:
+        """Remember that ``client_id`` has every record up to ``entry_id`` (never going back).
+        Raises ``ValueError`` for an id this server has not issued yet."""
+        if entry_id > self.history.last_id:
+            raise ValueError("ack names an id this server has not sent")
+        acks = self._acks
+        acks[client_id] = max(entry_id, acks.get(client_id, entry_id))
+        acks.move_to_end(client_id)
+        if len(acks) > MAX_ACKED_CLIENTS:
+            acks.popitem(last=False)
+
+    def acked(self, client_id: str) -> int | None:
+        """The last id ``client_id`` acknowledged, if remembered."""
+        return self._acks.get(client_id)
 
     def detach(self, client: Client) -> None:
         self.clients.discard(client)

@@ -32,6 +32,8 @@ from ._version import __version__
 
 # Routes anyone may reach; every other one needs a key.
 PUBLIC_PATHS = frozenset({"/", "/healthz", "/openapi.json"})
+# Longest ``client_id`` a WebSocket may name.
+MAX_CLIENT_ID = 128
 # Largest WebSocket message a client may send; larger ones get an ``error`` frame.
 MAX_CLIENT_MESSAGE = 64 * 1024
 # aiohttp's own frame limit, above ours so that we can answer instead of dropping the socket.
@@ -507,9 +509,16 @@ class LogServer:
             # Accepted, then closed at once: a browser sees the reason, and no record is sent.
             await ws.close(code=4401, message=str(problem).encode())
             return ws
-        self._track()
         flt, since = opened
+        client_id = request.query.get("client_id") or None
+        if client_id is not None and len(client_id) > MAX_CLIENT_ID:
+            await ws.close(code=1008, message=b"client_id is too long")
+            return ws
+        if since is None and client_id is not None:
+            since = self.hub.acked(client_id)  # resume right after the last ack
+        self._track()
         client = self.hub.connect(flt, since, self._hello(flt))
+        client.client_id = client_id
         transport = request.transport
         client.abort = transport.abort if transport is not None else None
         writer = asyncio.create_task(self._ws_writer(ws, client))
@@ -567,8 +576,21 @@ class LogServer:
                 return
             client.set_filter(flt)
             client.send_control({"type": "subscribed", "filter": flt.to_json()})
+        elif kind == "ack":
+            self._on_ack(client, message.get("id"))
         else:
             client.send_control(_protocol_error(f"unknown message type: {kind!r}"))
+
+    def _on_ack(self, client: Client, entry_id: object) -> None:
+        if client.client_id is None:
+            client.send_control(_protocol_error("ack needs a client_id in the connection URL"))
+            return
+        try:
+            if not isinstance(entry_id, str):
+                raise SinceError("ack id must be a string")
+            self.hub.ack(client.client_id, parse_id(entry_id))
+        except ValueError as exc:
+            client.send_control(_protocol_error(str(exc)))
 
     def _track(self) -> None:
         task = asyncio.current_task()
