@@ -21,6 +21,7 @@ from conftest import (
     receive_json,
     receive_logs,
 )
+from openapi_spec_validator import validate
 
 import wslogging
 
@@ -630,3 +631,21 @@ async def test_bad_acks_get_errors(
         await ws.send_json({"type": "ack", "id": bad})
         assert "error" == (await receive_json(ws))["type"]
     await ws.close()
+
+
+async def test_openapi_document_is_valid(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """/openapi.json (public) is a valid OpenAPI 3.1 document with a bearer scheme, naming
+    the server as the client reached it."""
+    async with session.get(f"{handler.url}/openapi.json") as response:
+        document = await response.json()
+    validate(document)
+    assert "3.1.0" == document["openapi"]
+    assert [{"url": handler.url}] == document["servers"]
+    assert {"type": "http", "scheme": "bearer"} == document["components"]["securitySchemes"][
+        "bearerAuth"
+    ]
+    assert {"/api/logs", "/api/get-logs-stream", "/api/stats", "/api/ticket", "/healthz"} == set(
+        document["paths"]
+    )

@@ -28,6 +28,7 @@ from ._auth import FailureThrottle, KeyRing, TicketBook, bearer_token, is_loopba
 from ._filters import Filter, FilterError, filter_from_message, filter_from_query
 from ._history import Gap, SinceError, parse_id
 from ._hub import Client, Hub, Item, SlowClientPolicy
+from ._openapi import openapi_document
 from ._version import __version__
 
 # Routes anyone may reach; every other one needs a key.
@@ -284,6 +285,7 @@ class LogServer:
         app = web.Application(middlewares=[self._guard], client_max_size=64 * 1024)
         app.router.add_get("/", self._index)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/openapi.json", self._openapi)
         app.router.add_get("/api/stats", self._stats)
         app.router.add_get("/api/logs", self._logs)
         app.router.add_get("/api/get-logs-stream", self._sse)
@@ -396,6 +398,10 @@ class LogServer:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return _json({"status": "ok"})
+
+    async def _openapi(self, request: web.Request) -> web.Response:
+        # The origin the client used: what a GPT action or a script should call back.
+        return _json(openapi_document(f"{request.scheme}://{request.host}"))
 
     async def _stats(self, request: web.Request) -> web.Response:
         stats: dict[str, Any] = self.hub.stats()

@@ -1,0 +1,272 @@
+"""Pure: the OpenAPI 3.1 description of the HTTP endpoints, served at ``/openapi.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._version import __version__
+
+_FILTER_PARAMETERS: list[dict[str, Any]] = [
+    {
+        "name": "level",
+        "in": "query",
+        "description": "Minimum level: a name (DEBUG, INFO, WARNING, ERROR, CRITICAL) or a number.",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "logger",
+        "in": "query",
+        "description": "Logger name prefix, hierarchical: `app` matches `app` and `app.db`. "
+        "Repeatable; any one matching is enough.",
+        "schema": {"type": "array", "items": {"type": "string"}},
+        "style": "form",
+        "explode": True,
+    },
+    {
+        "name": "category",
+        "in": "query",
+        "description": "Exact category. Repeatable; any one matching is enough.",
+        "schema": {"type": "array", "items": {"type": "string"}},
+        "style": "form",
+        "explode": True,
+    },
+    {
+        "name": "grep",
+        "in": "query",
+        "description": "Substring that the formatted message must contain (case-sensitive).",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "since",
+        "in": "query",
+        "description": "A record id: return only records after it. `0` means everything "
+        "still held.",
+        "schema": {"type": "string"},
+    },
+]
+
+_RECORD: dict[str, Any] = {
+    "type": "object",
+    "description": "One log record.",
+    "required": ["type", "id", "log", "level", "levelno", "logger", "category", "time"],
+    "properties": {
+        "type": {"type": "string", "const": "log"},
+        "id": {"type": "string", "description": "Opaque, increasing; pass back as `since`."},
+        "log": {"type": "string", "description": "The formatted message."},
+        "level": {"type": "string"},
+        "levelno": {"type": "integer"},
+        "logger": {"type": "string"},
+        "category": {"type": "string"},
+        "pid": {"type": "integer"},
+        "time": {"type": "string", "format": "date-time"},
+        "fields": {"type": "object", "description": "Structured key/values of the record."},
+        "exc": {"type": ["string", "null"], "description": "Formatted traceback, if any."},
+    },
+}
+
+_GAP: dict[str, Any] = {
+    "type": "object",
+    "description": "Records that should have been returned were lost.",
+    "properties": {
+        "type": {"type": "string", "const": "gap"},
+        "missed": {"type": ["integer", "null"]},
+        "reason": {"type": "string", "enum": ["history", "slow_client", "restart"]},
+    },
+}
+
+_ERROR: dict[str, Any] = {
+    "type": "object",
+    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    text = {
+        400: "A malformed parameter; `detail` says which.",
+        401: "Missing or invalid API key.",
+        429: "Too many failed authentications from this address.",
+        503: "Too many clients.",
+    }
+    return {
+        str(status): {
+            "description": text[status],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        for status in statuses
+    }
+
+
+def openapi_document(server_url: str) -> dict[str, Any]:
+    """The document, with ``server_url`` (as the client reached us) as its only server."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "wslogging",
+            "version": __version__,
+            "description": "Live logs of a running application: recent records as JSON, "
+            "or a live stream as Server-Sent Events. Every endpoint but /healthz and "
+            "/openapi.json needs the API key as a Bearer token.",
+        },
+        "servers": [{"url": server_url}],
+        "security": [{"bearerAuth": []}],
+        "paths": {
+            "/api/logs": {
+                "get": {
+                    "operationId": "getLogs",
+                    "summary": "Recent log records, oldest first",
+                    "description": "Without `since`, the newest `limit` matching records; with "
+                    "`since`, the matching records after it. Continue with `since=<last_id>`.",
+                    "parameters": [
+                        *_FILTER_PARAMETERS,
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "description": "Most records to return (default 1000, at most 10000).",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 10000},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "A page of records.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/LogPage"}
+                                }
+                            },
+                        },
+                        **_errors(400, 401, 429),
+                    },
+                }
+            },
+            "/api/get-logs-stream": {
+                "get": {
+                    "operationId": "streamLogs",
+                    "summary": "Live log records as Server-Sent Events",
+                    "description": "Each record is an event with `id:` and one `data:` line of "
+                    "JSON; lost records are announced as `event: gap`. Use `limit` and "
+                    "`timeout` to end the stream for clients that cannot hold it open.",
+                    "parameters": [
+                        *_FILTER_PARAMETERS,
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "description": "End the stream after this many records.",
+                            "schema": {"type": "integer", "minimum": 1},
+                        },
+                        {
+                            "name": "timeout",
+                            "in": "query",
+                            "description": "End the stream after this many seconds.",
+                            "schema": {"type": "number", "exclusiveMinimum": 0},
+                        },
+                        {
+                            "name": "Last-Event-ID",
+                            "in": "header",
+                            "description": "Resume after this id (wins over `since`).",
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The event stream.",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        **_errors(400, 401, 429, 503),
+                    },
+                }
+            },
+            "/api/stats": {
+                "get": {
+                    "operationId": "getStats",
+                    "summary": "Counters: clients, records accepted and dropped, history size",
+                    "responses": {
+                        "200": {
+                            "description": "The counters.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/Stats"}
+                                }
+                            },
+                        },
+                        **_errors(401, 429),
+                    },
+                }
+            },
+            "/api/ticket": {
+                "post": {
+                    "operationId": "createTicket",
+                    "summary": "A single-use ticket, valid 30 s, to pass as ?ticket= instead "
+                    "of the key",
+                    "responses": {
+                        "200": {
+                            "description": "The ticket.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "ticket": {"type": "string"},
+                                            "expires_in": {"type": "integer"},
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **_errors(401, 429),
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "health",
+                    "summary": "Liveness check",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "The server is up.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {"status": {"type": "string"}},
+                                    }
+                                }
+                            },
+                        }
+                    },
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "LogRecord": _RECORD,
+                "Gap": _GAP,
+                "Error": _ERROR,
+                "LogPage": {
+                    "type": "object",
+                    "properties": {
+                        "records": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/LogRecord"},
+                        },
+                        "last_id": {"type": "string"},
+                        "gap": {"oneOf": [{"$ref": "#/components/schemas/Gap"}, {"type": "null"}]},
+                    },
+                },
+                "Stats": {
+                    "type": "object",
+                    "properties": {
+                        name: {"type": "integer"}
+                        for name in (
+                            "clients",
+                            "records_accepted",
+                            "records_dropped",
+                            "client_drops",
+                            "history_size",
+                        )
+                    },
+                },
+            },
+        },
+    }
