@@ -649,3 +649,13 @@ async def test_openapi_document_is_valid(
     assert {"/api/logs", "/api/get-logs-stream", "/api/stats", "/api/ticket", "/healthz"} == set(
         document["paths"]
     )
+
+
+async def test_vanished_sse_client_is_freed_at_once(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """An SSE client that disconnects is forgotten at once, not at the next heartbeat."""
+    response = await session.get(f"{handler.url}/api/get-logs-stream", headers=AUTH)
+    await async_wait_until(lambda: handler._server.hub.stats()["clients"] == 1)
+    response.close()
+    await async_wait_until(lambda: handler._server.hub.stats()["clients"] == 0, timeout=2.0)

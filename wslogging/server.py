@@ -292,7 +292,11 @@ class LogServer:
         app.router.add_get("/ws/logs", self._ws)
         app.router.add_post("/api/ticket", self._ticket)
         # access_log=None: an access line could carry a credential, and must never be streamed.
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        # handler_cancellation: a client that disconnects ends its handler (and frees its
+        # slot) at once, rather than at the next write.
+        self._runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True
+        )
         await self._runner.setup()
         await web.SockSite(self._runner, sock, ssl_context=ssl_context).start()
         self._consumer = asyncio.create_task(self._consume())
