@@ -231,7 +231,8 @@ async def test_bad_records_never_raise(
 
     ws = await connect(session, handler)
     log.info("odd", extra={"obj": Opaque(), "nan": float("nan"), "key": {1: {2, 3}}})
-    log.info("%s and %s", "one")  # wrong number of arguments
+    # Wrong number of arguments: straight to our handler, as other handlers may raise on it.
+    handler.handle(logging.makeLogRecord({"msg": "%s and %s", "args": ("one",)}))
     log.info("after")
     odd, after = await receive_logs(ws, 2)
     assert {"obj": "<unrepresentable Opaque>", "nan": "nan", "key": {"1": [2, 3]}} == odd["fields"]
@@ -407,11 +408,17 @@ async def test_structlog_processor_formatter(
     )
     ws = await connect(session, handler)
     structlog.get_logger("app.sl").info("login", user="ann", attempt=2)
-    (record,) = await receive_logs(ws, 1)
+    try:
+        raise KeyError("card")
+    except KeyError:
+        structlog.get_logger("app.sl").exception("payment failed", order=9)
+    login, failed = await receive_logs(ws, 2)
     assert ("event='login' user='ann' attempt=2", {"user": "ann", "attempt": 2}) == (
-        record["log"],
-        record["fields"],
+        login["log"],
+        login["fields"],
     )
+    assert ({"order": 9}, "ERROR") == (failed["fields"], failed["level"])
+    assert "KeyError: 'card'" in failed["exc"]
     await ws.close()
 
 

@@ -659,3 +659,32 @@ async def test_vanished_sse_client_is_freed_at_once(
     await async_wait_until(lambda: handler._server.hub.stats()["clients"] == 1)
     response.close()
     await async_wait_until(lambda: handler._server.hub.stats()["clients"] == 0, timeout=2.0)
+
+
+async def test_garbage_sender_is_closed_1008(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """A client that keeps sending malformed messages is closed with 1008."""
+    ws = await connect(session, handler)
+    for _ in range(25):
+        await ws.send_str("garbage")
+    frames = []
+    while (message := await ws.receive(timeout=TIMEOUT)).type is aiohttp.WSMsgType.TEXT:
+        frames.append(json.loads(message.data)["type"])
+    assert (["error"] * 20, 1008, "too many malformed messages") == (
+        frames,
+        message.data,
+        message.extra,
+    )
+
+
+async def test_flooding_client_is_closed_1008(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """A client that sends messages far faster than any viewer would is closed with 1008."""
+    ws = await connect(session, handler)
+    for _ in range(2000):
+        await ws.send_str('{"type": "ping"}')
+    while (message := await ws.receive(timeout=TIMEOUT)).type is aiohttp.WSMsgType.TEXT:
+        pass
+    assert (1008, "too many messages") == (message.data, message.extra)

@@ -194,6 +194,7 @@ class Hub:
         self.max_clients = max_clients
         self.clients: set[Client] = set()
         self.client_drops = 0
+        self.records_failed = 0
         self._acks: OrderedDict[str, int] = OrderedDict()
 
     @property
@@ -260,5 +261,6 @@ class Hub:
             "clients": len(self.clients),
             "records_accepted": history.last_id - history.first_id + 1,
             "client_drops": self.client_drops,
+            "records_failed": self.records_failed,
             "history_size": len(history),
         }

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import MutableMapping
 from typing import Any
 
+from ._wire import resolve_exc_info
 from .handler import WebSocketHandler
 
 _METHOD_LEVELS = {"exception": logging.ERROR, "warn": logging.WARNING, "msg": logging.INFO}
-
-
-def _exc_info(value: object) -> Any:
-    if value is True:
-        info = sys.exc_info()
-        return info if info[0] is not None else None
-    if isinstance(value, BaseException):
-        return (type(value), value, value.__traceback__)
-    if isinstance(value, tuple) and len(value) == 3:
-        return value
-    return None
 
 
 class StructlogProcessor:
@@ -55,7 +44,7 @@ class StructlogProcessor:
                     lineno=0,
                     msg=pairs,
                     args=None,
-                    exc_info=_exc_info(event_dict.get("exc_info")),
+                    exc_info=resolve_exc_info(event_dict.get("exc_info")),
                 )
                 self.handler.handle(record)
         except Exception:  # a processor must never break the app's logging call

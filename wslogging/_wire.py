@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +30,8 @@ _MAX_ITEMS = 200
 _MAX_INT_BITS = 14000
 
 _EXC_FORMATTER = logging.Formatter()
+# Keys of a structlog event dict that are not fields: the message, and what becomes ``exc``.
+_EVENT_KEYS = frozenset({"event", "exc_info", "stack_info"})
 
 
 class LogEntry:
@@ -144,13 +147,14 @@ def record_fields(record: logging.LogRecord) -> dict[str, Any]:
 
     Names starting with ``_`` are private to logging integrations (structlog puts its logger
     there) and are left out. A structlog event dict carried in ``record.msg`` (the
-    ``ProcessorFormatter.wrap_for_formatter`` path) contributes its pairs too, minus ``event``.
+    ``ProcessorFormatter.wrap_for_formatter`` path) contributes its pairs too, minus ``event``,
+    ``exc_info`` and ``stack_info``.
     """
     fields: dict[str, Any] = {}
     msg = record.msg
     if isinstance(msg, dict) and not record.args:
         for key, value in msg.items():
-            if isinstance(key, str) and key != "event" and not key.startswith("_"):
+            if isinstance(key, str) and key not in _EVENT_KEYS and not key.startswith("_"):
                 fields[key] = json_safe(value)
     for key, value in record.__dict__.items():
         if key not in _RECORD_ATTRS and not key.startswith("_"):
@@ -169,11 +173,30 @@ def default_message(record: logging.LogRecord) -> str:
     return record.getMessage()
 
 
+def resolve_exc_info(value: object) -> Any:
+    """An ``exc_info`` as structlog users give it (``True``, an exception, or the tuple) as
+    the tuple ``logging`` expects, or ``None``."""
+    if value is True:
+        info = sys.exc_info()
+        return info if info[0] is not None else None
+    if isinstance(value, BaseException):
+        return (type(value), value, value.__traceback__)
+    if isinstance(value, tuple) and len(value) == 3 and value[0] is not None:
+        return value
+    return None
+
+
 def record_exc(record: logging.LogRecord) -> str | None:
-    """The formatted traceback and stack, or ``None``; reuses what a formatter cached."""
+    """The formatted traceback and stack, or ``None``; reuses what a formatter cached.
+
+    A structlog event dict in ``record.msg`` may carry its own ``exc_info`` (resolved here,
+    on the app thread, while ``sys.exc_info()`` still holds the exception)."""
     parts = []
-    if record.exc_info and record.exc_info[0] is not None:
-        parts.append(record.exc_text or _EXC_FORMATTER.formatException(record.exc_info))
+    exc_info = record.exc_info
+    if not exc_info and isinstance(record.msg, dict):
+        exc_info = resolve_exc_info(record.msg.get("exc_info"))
+    if exc_info and exc_info[0] is not None:
+        parts.append(record.exc_text or _EXC_FORMATTER.formatException(exc_info))
     elif record.exc_text:
         parts.append(record.exc_text)
     if record.stack_info:
@@ -182,19 +205,26 @@ def record_exc(record: logging.LogRecord) -> str | None:
 
 
 def render_record(record: logging.LogRecord, message: str) -> LogEntry:
-    """Everything the app thread must capture of ``record``, with ``message`` already formatted."""
+    """Everything the app thread must capture of ``record``, with ``message`` already formatted.
+
+    Every attribute is coerced to its wire type here (a record made by hand may hold ``None``
+    or anything else), so the server never meets an ill-typed entry.
+    """
     fields = record_fields(record)
     category = record.__dict__.get("category")
+    name = str(record.name)
+    levelno = record.levelno if isinstance(record.levelno, int) else logging.NOTSET
+    created = record.created if isinstance(record.created, int | float) else 0.0
     return LogEntry(
-        log=message,
-        levelno=record.levelno,
-        level=record.levelname,
-        logger=record.name,
-        category=category if isinstance(category, str) and category else record.name,
-        created=record.created,
+        log=str(message),
+        levelno=levelno,
+        level=str(record.levelname),
+        logger=name,
+        category=category if isinstance(category, str) and category else name,
+        created=created,
         fields=fields,
         exc=record_exc(record),
-        pid=record.process,
+        pid=record.process if isinstance(record.process, int) else None,
     )
 
 

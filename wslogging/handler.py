@@ -209,9 +209,9 @@ class WebSocketHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         """Render and hand off ``record``; every failure goes to ``handleError``."""
-        if threading.get_ident() == self._server.thread_id or _is_own(record.name):
-            return
         try:
+            if threading.get_ident() == self._server.thread_id or _is_own(record.name):
+                return
             self.enqueue(self.prepare(record))
         except Exception:
             self._count_drop()
@@ -267,8 +267,8 @@ class WebSocketHandler(logging.Handler):
         return f"<WebSocketHandler {self.url} ({self.state.value})>"
 
 
-def _is_own(name: str) -> bool:
-    return name == "wslogging" or name.startswith("wslogging.")
+def _is_own(name: object) -> bool:
+    return isinstance(name, str) and (name == "wslogging" or name.startswith("wslogging."))
 
 
 def _serving() -> list[WebSocketHandler]:

@@ -25,18 +25,24 @@ from aiohttp import WSMsgType, web
 
 from . import _wire
 from ._auth import FailureThrottle, KeyRing, TicketBook, bearer_token, is_loopback_host
-from ._filters import Filter, FilterError, filter_from_message, filter_from_query
+from ._filters import Filter, FilterError, filter_from_query
 from ._history import Gap, SinceError, parse_id
-from ._hub import Client, Hub, Item, SlowClientPolicy
+from ._hub import Client, ClientState, Hub, Item, SlowClientPolicy
 from ._openapi import openapi_document
+from ._protocol import (
+    ClientMessage,
+    MessageBudget,
+    Ping,
+    ProtocolError,
+    Subscribe,
+    parse_client_message,
+)
 from ._version import __version__
 
 # Routes anyone may reach; every other one needs a key.
 PUBLIC_PATHS = frozenset({"/", "/healthz", "/openapi.json"})
 # Longest ``client_id`` a WebSocket may name.
 MAX_CLIENT_ID = 128
-# Largest WebSocket message a client may send; larger ones get an ``error`` frame.
-MAX_CLIENT_MESSAGE = 64 * 1024
 # aiohttp's own frame limit, above ours so that we can answer instead of dropping the socket.
 _WS_READ_LIMIT = 1024 * 1024
 # Records accepted from the queue per turn of the loop before the writers get to run. Also
@@ -306,7 +312,7 @@ class LogServer:
         client."""
         assert self._queue is not None
         queue = self._queue.async_q
-        accept = self.hub.accept
+        accept = self._accept
         batch = max(1, min(_ACCEPT_BATCH, self.options.client_queue_size // 2))
         try:
             while True:
@@ -320,6 +326,14 @@ class LogServer:
                 await asyncio.sleep(0)  # let the writers run between batches
         except janus.AsyncQueueShutDown:
             return  # closing, and everything queued has been accepted
+
+    def _accept(self, entry: _wire.LogEntry) -> None:
+        """:meth:`Hub.accept`, guarded: a bug there must cost one record, not the stream."""
+        try:
+            self.hub.accept(entry)
+        except Exception as exc:
+            self.hub.records_failed += 1
+            print(f"wslogging: a record could not be served: {exc!r}", file=sys.stderr)
 
     def _begin_shutdown(self, budget: float) -> None:
         """Start :meth:`_shutdown` once, however many times it is asked for."""
@@ -533,11 +547,24 @@ class LogServer:
         client.abort = transport.abort if transport is not None else None
         writer = asyncio.create_task(self._ws_writer(ws, client))
         try:
-            async for message in ws:
-                if message.type is WSMsgType.TEXT:
-                    self._on_message(client, message.data)
-                elif message.type is WSMsgType.BINARY:
-                    client.send_control(_protocol_error("send JSON text messages"))
+            budget = MessageBudget()
+            async for frame in ws:
+                if frame.type is WSMsgType.ERROR:
+                    break  # aiohttp has closed the connection (e.g. a frame over its limit)
+                if not budget.take(time.monotonic()):
+                    client.kick(1008, "too many messages")
+                    break
+                try:
+                    if frame.type is not WSMsgType.TEXT:
+                        raise ProtocolError("send JSON text messages")
+                    self._on_message(client, parse_client_message(frame.data))
+                except ProtocolError as exc:
+                    if not budget.error():
+                        client.kick(1008, "too many malformed messages")
+                        break
+                    client.send_control({"type": "error", "detail": str(exc)})
+            if client.state is ClientState.FINISHING:
+                await writer  # it closes the socket with the code the client was kicked with
         finally:
             client.closed()
             writer.cancel()
@@ -565,42 +592,20 @@ class LogServer:
         except (ConnectionError, RuntimeError):
             pass  # the peer is gone; the reading side notices and cleans up
 
-    def _on_message(self, client: Client, text: str) -> None:
-        """One client message (SPEC §5); anything malformed gets an ``error`` frame."""
-        if len(text) > MAX_CLIENT_MESSAGE:
-            client.send_control(_protocol_error(f"message over {MAX_CLIENT_MESSAGE} bytes"))
-            return
-        try:
-            message = json.loads(text)
-        except ValueError:
-            client.send_control(_protocol_error("message is not JSON"))
-            return
-        kind = message.get("type") if isinstance(message, dict) else None
-        if kind == "ping":
+    def _on_message(self, client: Client, message: ClientMessage) -> None:
+        """Act on one well-formed client message (SPEC §5)."""
+        if isinstance(message, Ping):
             client.send_control({"type": "pong"})
-        elif kind == "subscribe":
-            try:
-                flt = filter_from_message(message.get("filter"))
-            except FilterError as exc:
-                client.send_control(_protocol_error(str(exc)))
-                return
-            client.set_filter(flt)
-            client.send_control({"type": "subscribed", "filter": flt.to_json()})
-        elif kind == "ack":
-            self._on_ack(client, message.get("id"))
+        elif isinstance(message, Subscribe):
+            client.set_filter(message.filter)
+            client.send_control({"type": "subscribed", "filter": message.filter.to_json()})
+        elif client.client_id is None:
+            raise ProtocolError("ack needs a client_id in the connection URL")
         else:
-            client.send_control(_protocol_error(f"unknown message type: {kind!r}"))
-
-    def _on_ack(self, client: Client, entry_id: object) -> None:
-        if client.client_id is None:
-            client.send_control(_protocol_error("ack needs a client_id in the connection URL"))
-            return
-        try:
-            if not isinstance(entry_id, str):
-                raise SinceError("ack id must be a string")
-            self.hub.ack(client.client_id, parse_id(entry_id))
-        except ValueError as exc:
-            client.send_control(_protocol_error(str(exc)))
+            try:
+                self.hub.ack(client.client_id, message.id)
+            except ValueError as exc:
+                raise ProtocolError(str(exc)) from None
 
     def _track(self) -> None:
         task = asyncio.current_task()
@@ -613,10 +618,6 @@ def _holds_logging_lock() -> bool:
     """Whether this thread holds logging's module lock (an RLock, which knows its owner)."""
     is_owned = getattr(getattr(logging, "_lock", None), "_is_owned", None)
     return bool(is_owned is not None and is_owned())
-
-
-def _protocol_error(detail: str) -> dict[str, Any]:
-    return {"type": "error", "detail": detail}
 
 
 _INDEX_HTML = """<!doctype html>

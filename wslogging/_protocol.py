@@ -1,0 +1,97 @@
+"""Pure: the messages a WebSocket client may send (SPEC §5), and how many it may get wrong."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from ._filters import Filter, FilterError, filter_from_message
+from ._history import SinceError, parse_id
+
+# Largest message a client may send; larger ones are answered with an ``error``.
+MAX_CLIENT_MESSAGE = 64 * 1024
+
+
+class ProtocolError(ValueError):
+    """A client message that cannot be acted on; the text says why (sent as ``error``)."""
+
+
+@dataclass(frozen=True)
+class Ping:
+    """``{"type": "ping"}``: answer ``pong``."""
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    """``{"type": "subscribe", "filter": {...}}``: replace the filter."""
+
+    filter: Filter
+
+
+@dataclass(frozen=True)
+class Ack:
+    """``{"type": "ack", "id": "..."}``: the client has every record up to ``id``."""
+
+    id: int
+
+
+ClientMessage = Ping | Subscribe | Ack
+
+
+def parse_client_message(text: str) -> ClientMessage:
+    """The message in ``text``; raises :class:`ProtocolError` saying what is wrong."""
+    if len(text) > MAX_CLIENT_MESSAGE:
+        raise ProtocolError(f"message over {MAX_CLIENT_MESSAGE} bytes")
+    try:
+        message = json.loads(text)
+    except ValueError:
+        raise ProtocolError("message is not JSON") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("message must be a JSON object with a type")
+    kind = message.get("type")
+    if kind == "ping":
+        return Ping()
+    if kind == "subscribe":
+        try:
+            return Subscribe(filter_from_message(message.get("filter")))
+        except FilterError as exc:
+            raise ProtocolError(str(exc)) from None
+    if kind == "ack":
+        entry_id = message.get("id")
+        if not isinstance(entry_id, str):
+            raise ProtocolError("ack id must be a string")
+        try:
+            return Ack(parse_id(entry_id))
+        except SinceError as exc:
+            raise ProtocolError(str(exc)) from None
+    raise ProtocolError(f"unknown message type: {str(kind)[:40]!r}")
+
+
+class MessageBudget:
+    """Whether a client has earned a close with 1008: too many malformed messages in all
+    (``max_errors``), or messages faster than ``rate`` per second beyond a ``burst``.
+
+    A token bucket: each message takes a token; tokens come back at ``rate`` per second up to
+    ``burst``. Constant memory.
+    """
+
+    def __init__(self, *, max_errors: int = 20, rate: float = 50.0, burst: float = 200.0) -> None:
+        self.max_errors = max_errors
+        self.rate = rate
+        self.burst = burst
+        self.errors = 0
+        self._tokens = burst
+        self._last: float | None = None
+
+    def take(self, now: float) -> bool:
+        """Count one message; ``False`` once the client is flooding."""
+        if self._last is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        self._tokens -= 1.0
+        return self._tokens >= 0.0
+
+    def error(self) -> bool:
+        """Count one malformed message; ``False`` once there were too many."""
+        self.errors += 1
+        return self.errors <= self.max_errors
