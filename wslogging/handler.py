@@ -174,6 +174,11 @@ class WebSocketHandler(logging.Handler):
     # -- public state ---------------------------------------------------------------------
 
     @property
+    def serving(self) -> bool:
+        """Whether the server is up and records are being streamed (not failed, not closed)."""
+        return self.state is HandlerState.SERVING
+
+    @property
     def port(self) -> int:
         """The port being served (the chosen one when configured with ``port=0``)."""
         return self._server.port
