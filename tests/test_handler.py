@@ -7,6 +7,7 @@ import json
 import logging
 import logging.config
 import socket
+import ssl
 import sys
 import textwrap
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import structlog
+import trustme
 from conftest import (
     AUTH,
     TIMEOUT,
@@ -446,3 +448,36 @@ async def test_structlog_processor_without_stdlib(
         record["fields"],
     )
     await ws.close()
+
+
+async def test_tls(configure: Configure, tmp_path: Path) -> None:
+    """With ssl_certfile and ssl_keyfile the server speaks https and wss only."""
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1", "localhost")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certificate.cert_chain_pems[0].write_to_path(certfile)
+    certificate.private_key_pem.write_to_path(keyfile)
+    handler = configure(ssl_certfile=str(certfile), ssl_keyfile=str(keyfile))
+    assert handler.url.startswith("https://127.0.0.1:")
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+    connector = aiohttp.TCPConnector(ssl=client_context)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        ws = await session.ws_connect(f"wss://127.0.0.1:{handler.port}/ws/logs", headers=AUTH)
+        assert "hello" == (await receive_json(ws))["type"]
+        log.info("over tls")
+        assert ["over tls"] == [r["log"] for r in await receive_logs(ws, 1)]
+        await ws.close()
+    async with aiohttp.ClientSession() as plain:
+        with pytest.raises(aiohttp.ClientError):
+            await plain.get(f"http://127.0.0.1:{handler.port}/healthz")
+
+
+def test_unusable_certificate_is_reported(
+    configure: Configure, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A certificate file that cannot be loaded is one stderr line and a counting no-op."""
+    missing = str(tmp_path / "missing.pem")
+    handler = configure(ssl_certfile=missing, ssl_keyfile=missing)
+    assert not handler.serving
+    assert "wslogging: cannot serve on 127.0.0.1:0" in capsys.readouterr().err
