@@ -481,3 +481,27 @@ def test_unusable_certificate_is_reported(
     handler = configure(ssl_certfile=missing, ssl_keyfile=missing)
     assert not handler.serving
     assert "wslogging: cannot serve on 127.0.0.1:0" in capsys.readouterr().err
+
+
+async def test_record_with_impossible_time_is_streamed(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """A record made by hand with a time that cannot be printed gets the time it was
+    rendered, and history stays servable."""
+    ws = await connect(session, handler)
+    for created in (float("inf"), float("nan"), 1e20, -5.0):
+        handler.handle(logging.makeLogRecord({"name": "app", "msg": "odd", "created": created}))
+    records = await receive_logs(ws, 4)
+    assert 4 * ["odd"] == [r["log"] for r in records]
+    async with session.get(f"{handler.url}/api/logs?since=0", headers=AUTH) as response:
+        assert 200 == response.status
+        assert 4 == len((await response.json())["records"])
+    await ws.close()
+
+
+def test_extras_with_repeated_references_stay_cheap(handler: wslogging.WebSocketHandler) -> None:
+    """An extra that repeats references costs a bounded amount of work on the app thread."""
+    loop: list[object] = []
+    loop.extend([loop] * 200)
+    entry = handler.prepare(logging.makeLogRecord({"msg": "m", "nest": loop, "more": [loop]}))
+    assert len(json.dumps(entry.fields)) < 200_000

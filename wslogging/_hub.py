@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
@@ -244,8 +245,9 @@ class Hub:
         self.history.append(entry)
         try:
             entry.data = encode_entry(entry)
-        except Exception as exc:  # json_safe() should make this impossible; never stall on it
-            entry.fields = {"wslogging_error": f"fields could not be encoded: {exc!r}"}
+        except Exception as exc:  # render_record() should make this impossible; never stall
+            entry.fields = {"wslogging_error": f"record could not be encoded: {exc!r}"}
+            entry.created, entry.exc = time.time(), None
             entry.data = encode_entry(entry)
         for client in list(self.clients):
             if client.filter.matches(entry):

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +27,12 @@ _RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {
 _MAX_DEPTH = 6
 # How many items of one container are copied; the rest is summarised.
 _MAX_ITEMS = 200
+# How many container items one record copies in all, across its fields.
+_MAX_TOTAL = 1000
+# How much of a repr() is kept.
+_MAX_REPR = 2000
+# Record times from 1970 to 9999; anything else is replaced by the time it is rendered.
+_MAX_TIME = 253402300799.0
 # Larger ints are summarised: Python refuses to print ints of more than 4300 digits.
 _MAX_INT_BITS = 14000
 
@@ -104,11 +111,23 @@ def format_time(created: float) -> str:
     )
 
 
-def json_safe(value: Any, depth: int = 0) -> Any:
+class _Budget:
+    """How many more container items one record may copy: bounds the work in ``emit`` even
+    for extras that share or repeat references."""
+
+    __slots__ = ("left",)
+
+    def __init__(self) -> None:
+        self.left = _MAX_TOTAL
+
+
+def json_safe(value: Any, depth: int = 0, budget: _Budget | None = None) -> Any:
     """Copy ``value`` into plain JSON types; anything else becomes its ``repr()``.
 
-    Bounded: containers deeper than ``_MAX_DEPTH`` or longer than ``_MAX_ITEMS`` are cut
-    (the cut is marked), and a ``repr()`` that raises is replaced by a placeholder. Never raises.
+    Bounded: containers deeper than ``_MAX_DEPTH`` are summarised, longer than ``_MAX_ITEMS``
+    cut, and at most ``_MAX_TOTAL`` items are copied per ``budget`` (all marked); a ``repr()``
+    is cut at ``_MAX_REPR`` characters, and one that raises is replaced by a placeholder.
+    Never raises.
     """
     if isinstance(value, int) and value.bit_length() > _MAX_INT_BITS:
         # json (and repr) refuse ints past 4300 digits; say what it was instead.
@@ -117,29 +136,39 @@ def json_safe(value: Any, depth: int = 0) -> Any:
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
+    if budget is None:
+        budget = _Budget()
     if depth < _MAX_DEPTH:
         if isinstance(value, Mapping):
             out: dict[str, Any] = {}
             for n, (k, v) in enumerate(value.items()):
-                if n == _MAX_ITEMS:
+                if n == _MAX_ITEMS or budget.left <= 0:
                     out["..."] = f"{len(value) - n} more items"
                     break
-                out[k if isinstance(k, str) else _safe_repr(k)] = json_safe(v, depth + 1)
+                budget.left -= 1
+                out[k if isinstance(k, str) else _safe_repr(k)] = json_safe(v, depth + 1, budget)
             return out
         if isinstance(value, list | tuple | set | frozenset):
-            items = list(value)
-            safe = [json_safe(v, depth + 1) for v in items[:_MAX_ITEMS]]
-            if len(items) > _MAX_ITEMS:
-                safe.append(f"... {len(items) - _MAX_ITEMS} more items")
+            safe: list[Any] = []
+            for n, v in enumerate(value):
+                if n == _MAX_ITEMS or budget.left <= 0:
+                    safe.append(f"... {len(value) - n} more items")
+                    break
+                budget.left -= 1
+                safe.append(json_safe(v, depth + 1, budget))
             return safe
+    if isinstance(value, Mapping | list | tuple | set | frozenset):
+        # Past the depth limit: a summary, not a repr() that would walk the whole subtree.
+        return f"<{type(value).__name__} of {len(value)} items>"
     return _safe_repr(value)
 
 
 def _safe_repr(value: object) -> str:
     try:
-        return repr(value)
+        text = repr(value)
     except Exception:  # a broken __repr__ must not cost the record
         return f"<unrepresentable {type(value).__name__}>"
+    return text if len(text) <= _MAX_REPR else text[:_MAX_REPR] + "..."
 
 
 def record_fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -151,14 +180,15 @@ def record_fields(record: logging.LogRecord) -> dict[str, Any]:
     ``exc_info`` and ``stack_info``.
     """
     fields: dict[str, Any] = {}
+    budget = _Budget()
     msg = record.msg
     if isinstance(msg, dict) and not record.args:
         for key, value in msg.items():
             if isinstance(key, str) and key not in _EVENT_KEYS and not key.startswith("_"):
-                fields[key] = json_safe(value)
+                fields[key] = json_safe(value, 0, budget)
     for key, value in record.__dict__.items():
         if key not in _RECORD_ATTRS and not key.startswith("_"):
-            fields[key] = json_safe(value)
+            fields[key] = json_safe(value, 0, budget)
     return fields
 
 
@@ -214,7 +244,9 @@ def render_record(record: logging.LogRecord, message: str) -> LogEntry:
     category = record.__dict__.get("category")
     name = str(record.name)
     levelno = record.levelno if isinstance(record.levelno, int) else logging.NOTSET
-    created = record.created if isinstance(record.created, int | float) else 0.0
+    created = record.created
+    if not isinstance(created, int | float) or not 0 <= created < _MAX_TIME:
+        created = time.time()  # nan, inf, or a year format_time() cannot print
     return LogEntry(
         log=str(message),
         levelno=levelno,

@@ -264,7 +264,7 @@ class WebSocketHandler(logging.Handler):
                 logger="broadcast",
                 category=category or "broadcast",
                 created=time.time(),
-                fields={k: json_safe(v) for k, v in fields.items()},
+                fields=json_safe(fields),
             )
         )
 

@@ -367,7 +367,9 @@ class LogServer:
     async def _guard(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if self._loopback and not is_loopback_host(request.host):
+        # The header itself: aiohttp's request.host may fall back to a blocking DNS lookup.
+        host = request.headers.get("Host")
+        if self._loopback and host is not None and not is_loopback_host(host):
             # DNS rebinding: a page on evil.example resolved to 127.0.0.1 sends its own Host.
             return _error(403, "forbidden", "Host must be a loopback name")
         if request.path in PUBLIC_PATHS:
@@ -419,7 +421,8 @@ class LogServer:
 
     async def _openapi(self, request: web.Request) -> web.Response:
         # The origin the client used: what a GPT action or a script should call back.
-        return _json(openapi_document(f"{request.scheme}://{request.host}"))
+        host = request.headers.get("Host") or f"{self.options.host}:{self.port}"
+        return _json(openapi_document(f"{request.scheme}://{host}"))
 
     async def _stats(self, request: web.Request) -> web.Response:
         stats: dict[str, Any] = self.hub.stats()
