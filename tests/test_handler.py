@@ -11,6 +11,7 @@ import ssl
 import sys
 import textwrap
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -182,7 +183,8 @@ def test_emit_never_waits_for_a_stalled_server(configure: Configure) -> None:
     """With the server's loop frozen, 10,000 records are logged at once; the ones that did not
     fit the queue are counted as dropped and reported in stats."""
     handler = configure(queue_size=100)
-    assert handler._server._loop_ready.wait(TIMEOUT)
+    with urllib.request.urlopen(f"{handler.url}/healthz", timeout=TIMEOUT):  # noqa: S310
+        pass  # the server is up, its consumer waiting for records
     loop = handler._server._loop
     assert loop is not None
     release = threading.Event()
@@ -512,3 +514,40 @@ def test_extras_with_repeated_references_stay_cheap(handler: wslogging.WebSocket
     loop.extend([loop] * 200)
     entry = handler.prepare(logging.makeLogRecord({"msg": "m", "nest": loop, "more": [loop]}))
     assert len(json.dumps(entry.fields)) < 200_000
+
+
+def _free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_reconfiguring_on_a_fixed_port_keeps_serving(configure: Configure) -> None:
+    """dictConfig run again with the same fixed port (a settings reload) serves on it: the new
+    handler waits for the one it replaces to let go of the port."""
+    port = _free_port()
+    first = configure(port=port)
+    second = configure(port=port)
+    assert (False, True, port) == (first.serving, second.serving, second.port)
+    with urllib.request.urlopen(f"{second.url}/healthz", timeout=TIMEOUT) as response:  # noqa: S310
+        assert 200 == response.status
+
+
+def test_close_while_starting(
+    configure: Configure, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """close() right after construction, while the server thread is still starting up,
+    stops it promptly and frees the port."""
+    setup = aiohttp.web.AppRunner.setup
+
+    async def slow_setup(self: aiohttp.web.AppRunner) -> None:
+        await asyncio.sleep(0.2)  # widens the window between start and serving
+        await setup(self)
+
+    monkeypatch.setattr(aiohttp.web.AppRunner, "setup", slow_setup)
+    handler = configure()
+    handler.close()
+    wait_until(lambda: handler._server._stopped.is_set(), timeout=3.0)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", handler.port), timeout=TIMEOUT).close()
+    assert "" == capsys.readouterr().err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import json
 import logging
 import math
@@ -16,6 +17,7 @@ import ssl
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -60,7 +62,6 @@ class ServerState(enum.Enum):
 
     NEW = "new"
     RUNNING = "running"
-    CLOSING = "closing"
     CLOSED = "closed"
 
 
@@ -175,8 +176,11 @@ class LogServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[asyncio.Task[Any]] = set()
-        self._loop_ready = threading.Event()
         self._stopped = threading.Event()
+        # Set once the listening socket is closed (see _wait_for_release).
+        self._released = threading.Event()
+        self._served = False
+        self._close_budget = 1.0
         self._closer: asyncio.Task[None] | None = None
 
     # -- app side -------------------------------------------------------------------------
@@ -197,9 +201,18 @@ class LogServer:
         if self.state is not ServerState.NEW:
             raise RuntimeError("LogServer.start() may be called once; make a new server")
         ssl_context = self._ssl_context()
-        sock = self._bind()
+        try:
+            sock = self._bind()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or not _wait_for_release(self.options):
+                raise
+            sock = self._bind()  # an earlier server of this process has just let the port go
+        _servers.add(self)
         self.port = sock.getsockname()[1]
         self._queue = janus.Queue(maxsize=self.options.queue_size)
+        # Made here, on the caller's thread: asyncio logs while making a loop, and in the
+        # server thread that log call could wait for the lock dictConfig holds around us.
+        self._loop = asyncio.new_event_loop()
         self.state = ServerState.RUNNING
         self._thread = threading.Thread(
             target=self._run, args=(sock, ssl_context), name="wslogging-server", daemon=True
@@ -247,17 +260,13 @@ class LogServer:
         the thread, all within about ``timeout`` seconds. Idempotent."""
         if self.state is not ServerState.RUNNING:
             return
-        self.state = ServerState.CLOSING
+        self.state = ServerState.CLOSED
         # Under logging's module lock (dictConfig closing the handlers it replaces) the server
         # thread may be waiting for that lock to log, so this thread must not wait for it:
         # delivery then goes on after we return.
         may_wait = threading.get_ident() != self.thread_id and not _holds_logging_lock()
-        if self._loop is None:  # the thread has not made its loop yet
-            self._loop_ready.wait(timeout if may_wait else 0.0)
         loop = self._loop
-        self.state = ServerState.CLOSED
-        if loop is None:
-            return  # the thread shuts itself down as soon as it has started
+        assert loop is not None
         try:
             loop.call_soon_threadsafe(self._begin_shutdown, timeout)
         except RuntimeError:  # the loop is already closed
@@ -269,22 +278,28 @@ class LogServer:
     # -- server thread --------------------------------------------------------------------
 
     def _run(self, sock: socket.socket, ssl_context: ssl.SSLContext | None) -> None:
-        # The loop is made here, not in start(): asyncio logs while making it, and records
-        # from this thread are recognised as the server's own and never streamed.
-        self.thread_id = threading.get_ident()
-        loop = self._loop = asyncio.new_event_loop()
-        self._loop_ready.set()
+        self.thread_id = threading.get_ident()  # records logged here are never streamed
+        loop = self._loop
+        assert loop is not None
         asyncio.set_event_loop(loop)
         try:
-            loop.run_until_complete(self._serve(sock, ssl_context))
+            try:
+                loop.run_until_complete(self._serve(sock, ssl_context))
+            except Exception as exc:
+                print(f"wslogging: the server could not start: {exc!r}", file=sys.stderr)
+                self.state = ServerState.CLOSED  # later records are counted as dropped
+                return
+            self._served = True
             if self.state is not ServerState.RUNNING:  # closed while we were starting
-                self._begin_shutdown(1.0)
+                self._begin_shutdown(self._close_budget)
             loop.run_forever()
         finally:
             try:
                 loop.run_until_complete(loop.shutdown_asyncgens())
             finally:
                 loop.close()
+                sock.close()
+                self._released.set()
                 self._stopped.set()
 
     async def _serve(self, sock: socket.socket, ssl_context: ssl.SSLContext | None) -> None:
@@ -304,7 +319,8 @@ class LogServer:
             app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True
         )
         await self._runner.setup()
-        await web.SockSite(self._runner, sock, ssl_context=ssl_context).start()
+        self._site = web.SockSite(self._runner, sock, ssl_context=ssl_context)
+        await self._site.start()
         self._consumer = asyncio.create_task(self._consume())
 
     async def _consume(self) -> None:
@@ -336,13 +352,24 @@ class LogServer:
             print(f"wslogging: a record could not be served: {exc!r}", file=sys.stderr)
 
     def _begin_shutdown(self, budget: float) -> None:
-        """Start :meth:`_shutdown` once, however many times it is asked for."""
-        if self._closer is None and self._loop is not None:
+        """Start :meth:`_shutdown` once, however many times it is asked for; if the server
+        is still starting, :meth:`_run` starts it as soon as it has."""
+        self._close_budget = budget
+        if self._served and self._closer is None and self._loop is not None:
             self._closer = self._loop.create_task(self._shutdown(budget))
 
     async def _shutdown(self, budget: float) -> None:
+        try:
+            await self._close_everything(budget)
+        finally:
+            asyncio.get_running_loop().stop()
+
+    async def _close_everything(self, budget: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
+        # The port first: a handler configured anew on it can bind it at once.
+        await self._site.stop()
+        self._released.set()
         assert self._queue is not None
         # Later submits fail fast; the consumer drains what is queued at its usual pace (so
         # clients that keep up lose nothing), then stops.
@@ -359,7 +386,6 @@ class LogServer:
             if client.abort is not None:
                 client.abort()
         await self._runner.cleanup()
-        loop.stop()
 
     # -- auth and guards ------------------------------------------------------------------
 
@@ -615,6 +641,30 @@ class LogServer:
         assert task is not None
         self._connections.add(task)
         task.add_done_callback(self._connections.discard)
+
+
+_servers: weakref.WeakSet[LogServer] = weakref.WeakSet()
+# How long a new server waits for a closing one of this process to let go of its port.
+_RELEASE_WAIT = 2.0
+
+
+def _wait_for_release(options: ServerOptions) -> bool:
+    """Wait (bounded) for a server of this process on the same address that is closing to
+    release the port; whether there was one.
+
+    ``dictConfig`` closes the handlers it replaces without waiting for them (it holds
+    logging's lock), then builds the new ones: on a fixed port the new one would find the
+    old one still listening.
+    """
+    closing = [
+        server
+        for server in list(_servers)
+        if server.state is not ServerState.RUNNING
+        and (server.options.host, server.port) == (options.host, options.port)
+    ]
+    for server in closing:
+        server._released.wait(_RELEASE_WAIT)
+    return bool(closing)
 
 
 def _holds_logging_lock() -> bool:
