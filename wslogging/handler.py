@@ -19,6 +19,9 @@ from .server import LogServer, ServerOptions
 
 # How long close() may spend delivering what is queued before it gives up.
 CLOSE_TIMEOUT = 2.0
+# Records a thread may log from a signal handler (or __del__) while it is inside a hand-off;
+# they go out right after it. More are dropped and counted.
+REENTRANT_PARKED = 100
 
 _handlers: weakref.WeakSet[WebSocketHandler] = weakref.WeakSet()
 
@@ -77,8 +80,9 @@ class WebSocketHandler(logging.Handler):
       becomes a no-op that counts what it drops (``records_dropped``).
     - :meth:`emit` renders the message, its extras and traceback on the calling thread and
       hands the result to a bounded queue without waiting; when the queue is full the record
-      is dropped and counted. No lock is taken (the hand-off is thread-safe), so a logging call
-      never waits for another thread's.
+      is dropped and counted. The handler lock is not taken (the hand-off is thread-safe), so
+      a logging call never waits for another thread's, and a signal handler that logs never
+      waits for its own thread (see :meth:`enqueue`).
     - Records logged by the server's own thread, and by ``wslogging.*`` loggers, are never
       streamed: that would loop.
     - :meth:`close` (``logging.shutdown()`` calls it at exit) delivers what is queued within
@@ -144,7 +148,10 @@ class WebSocketHandler(logging.Handler):
         super().__init__(level)
         self.stream = stream
         self.state = HandlerState.FAILED
-        self._drop_lock = threading.Lock()
+        # Reentrant, like the hand-off: a signal handler may count a drop while its thread
+        # is counting one.
+        self._drop_lock = threading.RLock()
+        self._local = threading.local()
         self._dropped = 0
         self._server = LogServer(options, self._dropped_count)
         if not _auth.is_loopback_host(options.host) and generated:
@@ -228,9 +235,34 @@ class WebSocketHandler(logging.Handler):
         return render_record(record, message)
 
     def enqueue(self, entry: LogEntry) -> None:
-        """Hand ``entry`` to the server; a full queue (or a stopped server) counts a drop."""
-        if self.state is not HandlerState.SERVING or not self._server.submit(entry):
+        """Hand ``entry`` to the server; a full queue (or a stopped server) counts a drop.
+
+        Re-entrant: a signal handler or ``__del__`` that logs may run on this thread while it
+        is inside the hand-off, which holds the queue's lock. Such an entry is parked (at most
+        :data:`REENTRANT_PARKED` of them) and sent by the outer call as soon as it is done,
+        rather than waiting for a lock its own thread holds.
+        """
+        if self.state is not HandlerState.SERVING:
             self._count_drop()
+            return
+        local = self._local.__dict__
+        if local.get("busy"):
+            parked = local.setdefault("parked", [])
+            if len(parked) < REENTRANT_PARKED:
+                parked.append(entry)
+            else:
+                self._count_drop()
+            return
+        local["busy"] = True
+        try:
+            if not self._server.submit(entry):
+                self._count_drop()
+            parked = local.get("parked")
+            while parked:
+                if not self._server.submit(parked.pop(0)):
+                    self._count_drop()
+        finally:
+            local["busy"] = False
 
     def close(self) -> None:
         """Deliver what is queued (bounded), close every client, stop serving. Idempotent."""
