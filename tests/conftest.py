@@ -62,8 +62,9 @@ def dict_config(**options: Any) -> dict[str, Any]:
         "disable_existing_loggers": False,
         "handlers": {"live": handler},
         "root": {"level": "DEBUG", "handlers": ["live"]},
-        # The test's own event loop logs "Using selector" at DEBUG; keep it out of replays.
-        "loggers": {"asyncio": {"level": "WARNING"}},
+        # The test's own event loop logs "Using selector" at DEBUG, and the websockets client
+        # every frame it gets (which, streamed back to it, would never end): keep them out.
+        "loggers": {"asyncio": {"level": "WARNING"}, "websockets": {"level": "WARNING"}},
     }
 
 

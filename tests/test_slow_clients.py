@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import threading
@@ -10,7 +11,8 @@ import time
 from collections.abc import Callable
 
 import aiohttp
-from conftest import KEY, TIMEOUT, async_wait_until, connect, receive_logs
+import websockets
+from conftest import AUTH, KEY, TIMEOUT, async_wait_until, connect, receive_logs
 
 import wslogging
 
@@ -138,3 +140,77 @@ async def test_stalled_sse_client_does_not_hold_others(
     assert b"event: gap\ndata: " in tail
     stalled.close()
     await good.close()
+
+
+async def test_slow_reader_is_not_taken_for_dead(configure: Configure) -> None:
+    """A client that reads slowly, many heartbeats behind, keeps its connection and every
+    record: liveness pings wait until the server has nothing else to send."""
+    handler = configure(heartbeat=0.1, client_queue_size=BURST)
+    async with websockets.connect(
+        f"ws://127.0.0.1:{handler.port}/ws/logs",
+        additional_headers=AUTH,
+    ) as ws:
+        assert "hello" == json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["type"]
+        done = log_burst_in_thread()
+        received = 0
+        started = time.monotonic()
+        while received < BURST:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+            assert "log" == frame["type"], frame
+            received += 1
+            if received % 100 == 0:
+                await asyncio.sleep(0.02)  # about 5,000 records a second at most
+        assert await asyncio.to_thread(done.wait, TIMEOUT)
+        assert time.monotonic() - started > 5 * 0.1  # it really was several heartbeats
+
+
+async def test_idle_client_that_answers_pings_stays(configure: Configure) -> None:
+    """An idle client whose library answers the server's pings is kept."""
+    handler = configure(heartbeat=0.2)
+    async with websockets.connect(
+        f"ws://127.0.0.1:{handler.port}/ws/logs",
+        additional_headers=AUTH,
+    ) as ws:
+        await asyncio.wait_for(ws.recv(), TIMEOUT)
+        await asyncio.sleep(6 * 0.2)
+        log.info("still here")
+        assert "still here" == json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["log"]
+
+
+async def test_half_open_client_is_dropped(configure: Configure) -> None:
+    """A connected peer that never answers pings (half-open) is dropped a few heartbeats on."""
+    handler = configure(heartbeat=0.05)
+    silent = stalled_websocket(handler)
+    await async_wait_until(lambda: handler._server.hub.stats()["clients"] == 1)
+    await async_wait_until(lambda: handler._server.hub.stats()["clients"] == 0)
+    await asyncio.to_thread(read_until, silent, None)  # the server has closed it
+    silent.close()
+
+
+async def test_reader_that_stops_for_good_is_cut_off(configure: Configure) -> None:
+    """A peer whose socket stays full for several heartbeats is cut off, WebSocket and SSE;
+    a reading client is unaffected."""
+    handler = configure(heartbeat=0.1)
+    stalled = stalled_websocket(handler)
+    stalled_sse = socket.socket()
+    stalled_sse.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled_sse.connect(("127.0.0.1", handler.port))
+    stalled_sse.sendall(
+        b"GET /api/get-logs-stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Authorization: Bearer " + KEY.encode() + b"\r\n\r\n"
+    )
+    # A client with a reader of its own, so that it answers pings while the test waits.
+    async with websockets.connect(
+        f"ws://127.0.0.1:{handler.port}/ws/logs", additional_headers=AUTH
+    ) as good:
+        await asyncio.wait_for(good.recv(), TIMEOUT)  # hello
+        await async_wait_until(lambda: handler._server.hub.stats()["clients"] == 3)
+        done = log_burst_in_thread()
+        frames = [json.loads(await asyncio.wait_for(good.recv(), TIMEOUT)) for _ in range(BURST)]
+        assert [] == [f for f in frames if f["type"] != "log"]
+        assert await asyncio.to_thread(done.wait, TIMEOUT)
+        await async_wait_until(lambda: handler._server.hub.stats()["clients"] == 1)
+        log.info("still here")
+        assert "still here" == json.loads(await asyncio.wait_for(good.recv(), TIMEOUT))["log"]
+    stalled.close()
+    stalled_sse.close()

@@ -24,7 +24,23 @@ KICK_GRACE = 1.0
 # How many client_ids' acknowledgments are remembered; the least recently used go first.
 MAX_ACKED_CLIENTS = 10000
 
-Item = LogEntry | Gap | dict[str, Any]
+
+class SendPong:
+    """A WebSocket pong to send, answering the client's ping with its payload."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class SendPing:
+    """A WebSocket ping to send: the server's own liveness check."""
+
+    __slots__ = ()
+
+
+Item = LogEntry | Gap | dict[str, Any] | SendPong | SendPing
 
 
 class SlowClientPolicy(enum.StrEnum):
@@ -73,6 +89,8 @@ class Client:
         self.client_id: str | None = None
         # Called (once) when the client must go at once; the connection sets it.
         self.abort: Callable[[], None] | None = None
+        # When the server pinged and has had no pong since (WebSocket liveness).
+        self.awaiting_pong_since: float | None = None
         self._queue: deque[LogEntry] = deque()
         self._control: list[Item] = first
         # Ids in [replay_next, replay_end] are read from history; later ones arrive via offer().
@@ -94,7 +112,7 @@ class Client:
         self._queue.append(entry)
         self._wake.set()
 
-    def send_control(self, message: dict[str, Any]) -> None:
+    def send_control(self, message: dict[str, Any] | SendPong) -> None:
         """Queue a protocol message (``pong``, ``error``, ...) ahead of records."""
         self._control.append(message)
         self._wake.set()
@@ -125,6 +143,12 @@ class Client:
             self.state = ClientState.FINISHING
             self.close_code, self.close_reason = code, reason
             self._wake.set()
+
+    def cut_off(self) -> None:
+        """The peer is gone or stuck: drop the connection now, without a goodbye."""
+        self.closed()
+        if self.abort is not None:
+            self.abort()
 
     def _abort_if_open(self) -> None:
         if self.state is not ClientState.CLOSED and self.abort is not None:

@@ -29,7 +29,7 @@ from . import _wire
 from ._auth import FailureThrottle, KeyRing, TicketBook, bearer_token, is_loopback_host
 from ._filters import Filter, FilterError, filter_from_query
 from ._history import Gap, SinceError, parse_id
-from ._hub import Client, ClientState, Hub, Item, SlowClientPolicy
+from ._hub import Client, ClientState, Hub, SendPing, SendPong, SlowClientPolicy
 from ._openapi import openapi_document
 from ._protocol import (
     ClientMessage,
@@ -43,6 +43,8 @@ from ._version import __version__
 
 # Routes anyone may reach; every other one needs a key.
 PUBLIC_PATHS = frozenset({"/", "/healthz", "/openapi.json"})
+# Heartbeats a write may go without progress before the client is taken for gone.
+STALL_HEARTBEATS = 4
 # Longest ``client_id`` a WebSocket may name.
 MAX_CLIENT_ID = 128
 # aiohttp's own frame limit, above ours so that we can answer instead of dropping the socket.
@@ -127,24 +129,19 @@ def _since(request: web.Request, header: bool) -> int | None:
     return parse_id(text)
 
 
-def _frame(item: Item) -> bytes:
-    """The WebSocket text frame payload for one queued item."""
-    if isinstance(item, _wire.LogEntry):
-        return item.data
+def _message(item: Gap | dict[str, Any]) -> bytes:
+    """The JSON of a gap or a protocol message."""
     if isinstance(item, Gap):
         return _wire.dumps(_wire.gap_message(item.missed, item.reason))
     return _wire.dumps(item)
 
 
-def _sse(item: Item) -> bytes:
+def _sse(item: _wire.LogEntry | Gap | dict[str, Any]) -> bytes:
     """The SSE event for one queued item (records carry ``id:``; gaps are ``event: gap``)."""
     if isinstance(item, _wire.LogEntry):
         return _wire.sse_event(item.data, event_id=str(item.id))
-    if isinstance(item, Gap):
-        return _wire.sse_event(
-            _wire.dumps(_wire.gap_message(item.missed, item.reason)), event="gap"
-        )
-    return _wire.sse_event(_wire.dumps(item), event=str(item.get("type", "message")))
+    kind = "gap" if isinstance(item, Gap) else str(item.get("type", "message"))
+    return _wire.sse_event(_message(item), event=kind)
 
 
 class LogServer:
@@ -503,6 +500,7 @@ class LogServer:
             duration = _positive(request, "timeout", 1e9)
         except FilterError as exc:
             return _bad_request(str(exc))
+        heartbeat = self.options.heartbeat
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -518,27 +516,30 @@ class LogServer:
         sent = 0
         try:
             await response.write(_wire.sse_retry(SSE_RETRY_MS))
-            async with asyncio.timeout(duration):
+            async with asyncio.timeout(duration) as deadline:
                 while True:
-                    items = await client.next_batch(self.options.heartbeat)
+                    items = await client.next_batch(heartbeat)
                     if items is None:
                         break
-                    if not items:
-                        await response.write(_wire.SSE_PING)
-                        continue
                     chunk = []
                     for item in items:
+                        assert not isinstance(item, SendPing | SendPong)  # WebSocket only
                         chunk.append(_sse(item))
                         if isinstance(item, _wire.LogEntry):
                             sent += 1
                             if limit is not None and sent >= limit:
                                 break
-                    await response.write(b"".join(chunk))
+                    # A reader that has not taken a byte for STALL_HEARTBEATS heartbeats is gone.
+                    async with asyncio.timeout(STALL_HEARTBEATS * heartbeat):
+                        await response.write(b"".join(chunk) if chunk else _wire.SSE_PING)
                     if limit is not None and sent >= limit:
                         break
             await response.write_eof()
         except TimeoutError:
-            await response.write_eof()
+            if deadline.expired():  # the client's own ?timeout=: a normal end
+                await response.write_eof()
+            else:
+                client.cut_off()
         except (ConnectionError, RuntimeError):
             pass  # the client went away (aiohttp raises either, depending on when)
         finally:
@@ -554,9 +555,9 @@ class LogServer:
         opened = None if problem else self._open(request, header_since=False)
         if isinstance(opened, web.Response):
             return opened
-        ws = web.WebSocketResponse(
-            heartbeat=self.options.heartbeat, compress=False, max_msg_size=_WS_READ_LIMIT
-        )
+        # Pings are ours (see _ws_writer), not aiohttp's: its heartbeat expects the pong within
+        # half a heartbeat of the ping, which a healthy client still reading a backlog misses.
+        ws = web.WebSocketResponse(autoping=False, compress=False, max_msg_size=_WS_READ_LIMIT)
         await ws.prepare(request)
         if opened is None:
             # Accepted, then closed at once: a browser sees the reason, and no record is sent.
@@ -580,9 +581,15 @@ class LogServer:
             async for frame in ws:
                 if frame.type is WSMsgType.ERROR:
                     break  # aiohttp has closed the connection (e.g. a frame over its limit)
+                if frame.type is WSMsgType.PONG:
+                    client.awaiting_pong_since = None
+                    continue
                 if not budget.take(time.monotonic()):
                     client.kick(1008, "too many messages")
                     break
+                if frame.type is WSMsgType.PING:
+                    client.send_control(SendPong(frame.data))
+                    continue
                 try:
                     if frame.type is not WSMsgType.TEXT:
                         raise ProtocolError("send JSON text messages")
@@ -609,15 +616,41 @@ class LogServer:
         }
 
     async def _ws_writer(self, ws: web.WebSocketResponse, client: Client) -> None:
-        """The one task that writes to this socket: records, gaps and replies, in order."""
+        """The one task that writes to this socket: records, gaps and replies, in order.
+
+        Liveness: after ``heartbeat`` seconds with nothing to send it pings; a peer that has
+        not answered two heartbeats later is gone (a half-open connection) and is cut off. A
+        write that makes no progress for :data:`STALL_HEARTBEATS` heartbeats (a peer that
+        stopped reading altogether) cuts it off too. A client that reads slowly but reads is
+        never cut off: it loses its oldest records per ``slow_client`` instead.
+        """
+        heartbeat = self.options.heartbeat
+        loop = asyncio.get_running_loop()
         try:
             while True:
-                items = await client.next_batch(None)
+                items = await client.next_batch(heartbeat)
                 if items is None:
                     break
-                for item in items:
-                    await ws.send_frame(_frame(item), WSMsgType.TEXT)
+                if not items:
+                    if client.awaiting_pong_since is None:
+                        client.awaiting_pong_since = loop.time()
+                        items = [SendPing()]
+                    elif loop.time() - client.awaiting_pong_since >= 2 * heartbeat:
+                        client.cut_off()
+                        return
+                async with asyncio.timeout(STALL_HEARTBEATS * heartbeat):
+                    for item in items:
+                        if isinstance(item, _wire.LogEntry):
+                            await ws.send_frame(item.data, WSMsgType.TEXT)
+                        elif isinstance(item, SendPing):
+                            await ws.ping()
+                        elif isinstance(item, SendPong):
+                            await ws.pong(item.data)
+                        else:
+                            await ws.send_frame(_message(item), WSMsgType.TEXT)
             await ws.close(code=client.close_code, message=client.close_reason.encode())
+        except TimeoutError:
+            client.cut_off()
         except (ConnectionError, RuntimeError):
             pass  # the peer is gone; the reading side notices and cleans up
 
