@@ -131,6 +131,7 @@ class Client:
         self.hub.detach(self)
         self.state = ClientState.FINISHING
         self.close_code, self.close_reason = code, reason
+        self.hub.client_drops += len(self._queue)
         self._queue.clear()
         self._replay_next = self._replay_end + 1
         self._wake.set()

@@ -153,7 +153,7 @@ class WebSocketHandler(logging.Handler):
         self._drop_lock = threading.RLock()
         self._local = threading.local()
         self._dropped = 0
-        self._server = LogServer(options, self._dropped_count)
+        self._server = LogServer(options, lambda: self._dropped)
         if not _auth.is_loopback_host(options.host) and generated:
             self._say(
                 f"refusing to serve on {options.host}, which is not loopback, without an API key "
@@ -198,9 +198,6 @@ class WebSocketHandler(logging.Handler):
     @property
     def records_dropped(self) -> int:
         """Records that never reached the server: queue full, handler failed or closed."""
-        return self._dropped
-
-    def _dropped_count(self) -> int:
         return self._dropped
 
     def _count_drop(self) -> None:
