@@ -688,3 +688,28 @@ async def test_flooding_client_is_closed_1008(
     while (message := await ws.receive(timeout=TIMEOUT)).type is aiohttp.WSMsgType.TEXT:
         pass
     assert (1008, "too many messages") == (message.data, message.extra)
+
+
+async def test_max_clients_holds_under_concurrent_connects(
+    configure: Configure, session: aiohttp.ClientSession
+) -> None:
+    """However many streams are opened at once, max_clients are served and the rest get 503."""
+    handler = configure(max_clients=5)
+    url = f"{handler.url}/api/get-logs-stream"
+    responses = await asyncio.gather(*(session.get(url, headers=AUTH) for _ in range(20)))
+    assert (5, 15) == (
+        sum(r.status == 200 for r in responses),
+        sum(r.status == 503 for r in responses),
+    )
+    assert 5 == handler._server.hub.stats()["clients"]
+    for response in responses:
+        response.close()
+
+
+async def test_too_long_client_id_is_400(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """A client_id over 128 characters is refused before the upgrade."""
+    with pytest.raises(aiohttp.WSServerHandshakeError) as excinfo:
+        await session.ws_connect(f"{handler.url}/ws/logs?client_id={'c' * 129}", headers=AUTH)
+    assert 400 == excinfo.value.status

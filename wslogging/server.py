@@ -514,13 +514,15 @@ class LogServer:
                 "X-Accel-Buffering": "no",
             }
         )
-        await response.prepare(request)
+        # Registered before the first await, so that max_clients holds however many requests
+        # arrive at once.
         client = self.hub.connect(*opened)
-        transport = request.transport
-        client.abort = transport.abort if transport is not None else None
-        self._track()
         sent = 0
         try:
+            await response.prepare(request)
+            transport = request.transport
+            client.abort = transport.abort if transport is not None else None
+            self._track()
             await response.write(_wire.sse_retry(SSE_RETRY_MS))
             async with asyncio.timeout(duration) as deadline:
                 while True:
@@ -558,29 +560,41 @@ class LogServer:
         if allowed is not None and origin is not None and origin not in allowed:
             return _error(403, "forbidden", "Origin not allowed")
         problem = self._authenticate(request)
-        opened = None if problem else self._open(request, header_since=False)
-        if isinstance(opened, web.Response):
-            return opened
+        client = None
+        if problem is None:
+            opened = self._open(request, header_since=False)
+            if isinstance(opened, web.Response):
+                return opened
+            flt, since = opened
+            client_id = request.query.get("client_id") or None
+            if client_id is not None and len(client_id) > MAX_CLIENT_ID:
+                return _bad_request(f"client_id is longer than {MAX_CLIENT_ID} characters")
+            if since is None and client_id is not None:
+                since = self.hub.acked(client_id)  # resume right after the last ack
+            # Registered before the first await, so that max_clients holds however many
+            # handshakes arrive at once.
+            client = self.hub.connect(flt, since, self._hello(flt))
+            client.client_id = client_id
         # Pings are ours (see _ws_writer), not aiohttp's: its heartbeat expects the pong within
         # half a heartbeat of the ping, which a healthy client still reading a backlog misses.
         ws = web.WebSocketResponse(autoping=False, compress=False, max_msg_size=_WS_READ_LIMIT)
-        await ws.prepare(request)
-        if opened is None:
-            # Accepted, then closed at once: a browser sees the reason, and no record is sent.
-            await ws.close(code=4401, message=str(problem).encode())
-            return ws
-        flt, since = opened
-        client_id = request.query.get("client_id") or None
-        if client_id is not None and len(client_id) > MAX_CLIENT_ID:
-            await ws.close(code=1008, message=b"client_id is too long")
-            return ws
-        if since is None and client_id is not None:
-            since = self.hub.acked(client_id)  # resume right after the last ack
-        self._track()
-        client = self.hub.connect(flt, since, self._hello(flt))
-        client.client_id = client_id
-        transport = request.transport
-        client.abort = transport.abort if transport is not None else None
+        try:
+            await ws.prepare(request)
+            if client is None:
+                # Accepted, then closed at once: a browser sees the reason; no record is sent.
+                await ws.close(code=4401, message=str(problem).encode())
+            else:
+                self._track()
+                transport = request.transport
+                client.abort = transport.abort if transport is not None else None
+                await self._ws_session(ws, client)
+        finally:
+            if client is not None:
+                client.closed()
+        return ws
+
+    async def _ws_session(self, ws: web.WebSocketResponse, client: Client) -> None:
+        """Read the client's messages while :meth:`_ws_writer` sends to it."""
         writer = asyncio.create_task(self._ws_writer(ws, client))
         try:
             budget = MessageBudget()
@@ -608,9 +622,7 @@ class LogServer:
             if client.state is ClientState.FINISHING:
                 await writer  # it closes the socket with the code the client was kicked with
         finally:
-            client.closed()
             writer.cancel()
-        return ws
 
     def _hello(self, flt: Filter) -> dict[str, Any]:
         return {
