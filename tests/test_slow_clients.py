@@ -22,12 +22,28 @@ BURST = 3000
 PADDING = "x" * 2000  # 3000 records of 2 KB: far more than a stalled socket's buffers hold
 
 
-def stalled_websocket(handler: wslogging.WebSocketHandler) -> socket.socket:
-    """A WebSocket opened by hand whose reader then never reads (tiny receive buffer)."""
+def stalled_socket(handler: wslogging.WebSocketHandler) -> socket.socket:
+    """A connection to the handler with a tiny receive buffer, for a reader that stalls."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.settimeout(TIMEOUT)
     sock.connect(("127.0.0.1", handler.port))
+    return sock
+
+
+def stalled_event_stream(handler: wslogging.WebSocketHandler) -> socket.socket:
+    """An SSE request sent by hand whose reader then never reads."""
+    sock = stalled_socket(handler)
+    sock.sendall(
+        b"GET /api/get-logs-stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Authorization: Bearer " + KEY.encode() + b"\r\n\r\n"
+    )
+    return sock
+
+
+def stalled_websocket(handler: wslogging.WebSocketHandler) -> socket.socket:
+    """A WebSocket opened by hand whose reader then never reads."""
+    sock = stalled_socket(handler)
     sock.sendall(
         b"GET /ws/logs HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
         b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
@@ -122,14 +138,7 @@ async def test_stalled_sse_client_does_not_hold_others(
 ) -> None:
     """An SSE reader that stalls loses its oldest; a WebSocket reader gets everything."""
     handler = configure(client_queue_size=50)
-    stalled = socket.socket()
-    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stalled.settimeout(TIMEOUT)
-    stalled.connect(("127.0.0.1", handler.port))
-    stalled.sendall(
-        b"GET /api/get-logs-stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        b"Authorization: Bearer " + KEY.encode() + b"\r\n\r\n"
-    )
+    stalled = stalled_event_stream(handler)
     good = await connect(session, handler)
     await async_wait_until(lambda: handler._server.hub.stats()["clients"] == 2)
     done = log_burst_in_thread()
@@ -192,13 +201,7 @@ async def test_reader_that_stops_for_good_is_cut_off(configure: Configure) -> No
     a reading client is unaffected."""
     handler = configure(heartbeat=0.1)
     stalled = stalled_websocket(handler)
-    stalled_sse = socket.socket()
-    stalled_sse.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stalled_sse.connect(("127.0.0.1", handler.port))
-    stalled_sse.sendall(
-        b"GET /api/get-logs-stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        b"Authorization: Bearer " + KEY.encode() + b"\r\n\r\n"
-    )
+    stalled_sse = stalled_event_stream(handler)
     # A client with a reader of its own, so that it answers pings while the test waits.
     async with websockets.connect(
         f"ws://127.0.0.1:{handler.port}/ws/logs", additional_headers=AUTH
