@@ -706,3 +706,23 @@ async def test_too_long_client_id_is_400(
     with pytest.raises(aiohttp.WSServerHandshakeError) as excinfo:
         await session.ws_connect(f"{handler.url}/ws/logs?client_id={'c' * 129}", headers=AUTH)
     assert 400 == excinfo.value.status
+
+
+@pytest.mark.parametrize("size", [10, 125, 126, 65_535, 65_536, 300_000])
+async def test_records_of_every_frame_size_arrive_intact(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession, size: int
+) -> None:
+    """Records whose frames need each length encoding reach both client libraries intact."""
+    ws = await connect(session, handler)
+    async with websockets.connect(
+        f"ws://127.0.0.1:{handler.port}/ws/logs", additional_headers=AUTH, max_size=None
+    ) as other:
+        await asyncio.wait_for(other.recv(), TIMEOUT)  # hello
+        # The JSON around the message takes some of the frame: aim the frame at `size` bytes.
+        for text in ("é" * 3, "x" * max(0, size - 240), "tail"):
+            log.info(text)
+        expected = ["é" * 3, "x" * max(0, size - 240), "tail"]
+        assert expected == [r["log"] for r in await receive_logs(ws, 3)]
+        received = [json.loads(await asyncio.wait_for(other.recv(), TIMEOUT)) for _ in range(3)]
+        assert expected == [r["log"] for r in received]
+    await ws.close()

@@ -24,6 +24,7 @@ from wslogging._wire import (
     render_record,
     sse_event,
     sse_retry,
+    ws_text_frame_header,
 )
 
 
@@ -441,3 +442,18 @@ def test_gap_message() -> None:
 def test_gap_message_unknown_count() -> None:
     """``missed`` may be None where unknown."""
     assert {"type": "gap", "missed": None, "reason": "restart"} == gap_message(None, "restart")
+
+
+@pytest.mark.parametrize(
+    ("length", "header"),
+    [
+        (0, b"\x81\x00"),
+        (125, b"\x81\x7d"),
+        (126, b"\x81\x7e\x00\x7e"),
+        (65535, b"\x81\x7e\xff\xff"),
+        (65536, b"\x81\x7f\x00\x00\x00\x00\x00\x01\x00\x00"),
+    ],
+)
+def test_ws_text_frame_header(length: int, header: bytes) -> None:
+    """Final, unmasked text frame headers with the 7-bit, 16-bit and 64-bit lengths."""
+    assert header == ws_text_frame_header(length)

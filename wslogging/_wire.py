@@ -295,6 +295,16 @@ def sse_event(data: bytes, *, event_id: str | None = None, event: str | None = N
 SSE_PING = b": ping\n\n"
 
 
+def ws_text_frame_header(length: int) -> bytes:
+    """The header of an unmasked, final WebSocket text frame of ``length`` bytes
+    (RFC 6455 §5.2): what a server puts before a record's JSON."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 0x10000:
+        return b"\x81\x7e" + length.to_bytes(2, "big")
+    return b"\x81\x7f" + length.to_bytes(8, "big")
+
+
 def sse_retry(milliseconds: int) -> bytes:
     """The ``retry:`` field that opens every stream."""
     return b"retry: " + str(int(milliseconds)).encode() + b"\n\n"

@@ -29,7 +29,7 @@ from . import _wire
 from ._auth import FailureThrottle, KeyRing, TicketBook, bearer_token, is_loopback_host
 from ._filters import Filter, FilterError, filter_from_query
 from ._history import Gap, SinceError, parse_id
-from ._hub import Client, ClientState, Hub, SendPing, SendPong, SlowClientPolicy
+from ._hub import Client, ClientState, Hub, Item, SendPing, SendPong, SlowClientPolicy
 from ._openapi import openapi_document
 from ._protocol import (
     ClientMessage,
@@ -657,20 +657,36 @@ class LogServer:
                         client.cut_off()
                         return
                 async with asyncio.timeout(STALL_HEARTBEATS * heartbeat):
-                    for item in items:
-                        if isinstance(item, _wire.LogEntry):
-                            await ws.send_frame(item.data, WSMsgType.TEXT)
-                        elif isinstance(item, SendPing):
-                            await ws.ping()
-                        elif isinstance(item, SendPong):
-                            await ws.pong(item.data)
-                        else:
-                            await ws.send_frame(_message(item), WSMsgType.TEXT)
+                    await self._ws_send(ws, items)
             await ws.close(code=client.close_code, message=client.close_reason.encode())
         except TimeoutError:
             client.cut_off()
         except (ConnectionError, RuntimeError):
             pass  # the peer is gone; the reading side notices and cleans up
+
+    @staticmethod
+    async def _ws_send(ws: web.WebSocketResponse, items: list[Item]) -> None:
+        """Send ``items`` in order, the text frames of a batch in one write.
+
+        One write (one system call) per batch rather than per record: each system call lets
+        the app's threads take the GIL, and a writer that makes one per record is starved by
+        an app that logs in a tight loop. The frames are framed here (RFC 6455 §5.2: a server
+        does not mask, so a frame is its header and the record's bytes) and written through
+        the response's own stream, which waits (drains) as aiohttp's writes do.
+        """
+        frames: list[bytes] = []
+        for item in items:
+            if isinstance(item, SendPing | SendPong):
+                if frames:
+                    await web.StreamResponse.write(ws, b"".join(frames))
+                    frames = []
+                await (ws.ping() if isinstance(item, SendPing) else ws.pong(item.data))
+                continue
+            data = item.data if isinstance(item, _wire.LogEntry) else _message(item)
+            frames += (_wire.ws_text_frame_header(len(data)), data)
+        if frames:
+            # StreamResponse.write: WebSocketResponse.write refuses raw bytes on purpose.
+            await web.StreamResponse.write(ws, b"".join(frames))
 
     def _on_message(self, client: Client, message: ClientMessage) -> None:
         """Act on one well-formed client message (SPEC §5)."""
