@@ -600,3 +600,46 @@ def test_signal_handler_that_logs_never_deadlocks() -> None:
     handled, streamed, dropped = map(int, result.stdout.split())
     assert (handled, 0) == (streamed, dropped)
     assert handled > 10
+
+
+def test_forked_child_never_deadlocks() -> None:
+    """A child forked while other threads are logging says once that it does not stream, and
+    its logging calls return at once, counted as dropped (a subprocess, so a deadlock is a
+    timeout, not a hung suite)."""
+    script = textwrap.dedent(
+        """\
+        import faulthandler, logging, os, threading
+        from wslogging import WebSocketHandler
+        faulthandler.dump_traceback_later(20, exit=True)
+        handler = WebSocketHandler(port=0, api_keys="k")
+        log = logging.getLogger("app")
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        stop = threading.Event()
+        def busy():
+            while not stop.is_set():
+                log.info("from a thread")
+        threads = [threading.Thread(target=busy) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        children = []
+        for _ in range(20):  # some forks land while a thread holds the queue's lock
+            pid = os.fork()
+            if pid == 0:
+                for n in range(100):
+                    log.info("child %d", n)
+                os._exit(0 if handler.records_dropped >= 100 and not handler.serving else 1)
+            children.append(pid)
+        codes = [os.waitpid(pid, 0)[1] for pid in children]
+        stop.set()
+        for thread in threads:
+            thread.join()
+        print(codes.count(0), handler.serving)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert 0 == result.returncode, result.stderr
+    assert "20 True" == result.stdout.strip()
+    assert 20 == result.stderr.count("was forked from the one serving")

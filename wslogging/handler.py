@@ -301,6 +301,24 @@ class WebSocketHandler(logging.Handler):
         return f"<WebSocketHandler {self.url} ({self.state.value})>"
 
 
+def _after_fork_in_child() -> None:
+    """A forked child has none of its parent's server threads, and may have been forked while
+    a lock of theirs was held: its handlers stop streaming (they count what they drop), and
+    get fresh locks, so that a child's logging call can never wait for a thread it lacks."""
+    for handler in list(_handlers):
+        handler._drop_lock = threading.RLock()
+        handler._local = threading.local()
+        if handler.state is HandlerState.SERVING:
+            handler.state = HandlerState.FAILED
+            handler._say(
+                f"process {os.getpid()} was forked from the one serving {handler.url}; "
+                "its records are dropped and counted (worker processes are not streamed yet)"
+            )
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _is_own(name: object) -> bool:
     return isinstance(name, str) and (name == "wslogging" or name.startswith("wslogging."))
 
