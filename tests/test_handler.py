@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import logging.config
+import os
 import socket
 import ssl
 import subprocess
@@ -32,6 +33,7 @@ from conftest import (
 )
 
 import wslogging
+from wslogging._wire import LogEntry
 from wslogging.handler import HandlerState
 
 log = logging.getLogger("app")
@@ -643,3 +645,42 @@ def test_forked_child_never_deadlocks() -> None:
     assert 0 == result.returncode, result.stderr
     assert "20 True" == result.stdout.strip()
     assert 20 == result.stderr.count("was forked from the one serving")
+
+
+def test_reentrant_record_follows_the_one_it_interrupted(
+    handler: wslogging.WebSocketHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record logged while this thread is inside the hand-off (as a signal handler would)
+    is sent right after the record it interrupted, in order, and nothing is dropped."""
+    sent: list[str] = []
+    submit = handler._server.submit
+
+    def interrupted_submit(entry: LogEntry) -> bool:
+        sent.append(entry.log)
+        if entry.log in ("outer", "first signal"):
+            log.warning("first signal" if entry.log == "outer" else "second signal")
+        return submit(entry)
+
+    monkeypatch.setattr(handler._server, "submit", interrupted_submit)
+    log.info("outer")
+    log.info("next")
+    assert (["outer", "first signal", "second signal", "next"], 0) == (
+        sent,
+        handler.records_dropped,
+    )
+
+
+async def test_record_with_impossible_numbers_is_streamed(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """A hand-made record whose level and pid no JSON can hold still streams, and history
+    stays valid JSON."""
+    ws = await connect(session, handler)
+    handler.handle(
+        logging.makeLogRecord({"name": "app", "msg": "odd", "levelno": 10**5000, "process": 2**70})
+    )
+    (record,) = await receive_logs(ws, 1)
+    assert ("odd", 0, os.getpid()) == (record["log"], record["levelno"], record["pid"])
+    async with session.get(f"{handler.url}/api/logs?since=0", headers=AUTH) as response:
+        assert ["odd"] == [r["log"] for r in (await response.json())["records"]]
+    await ws.close()

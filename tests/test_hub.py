@@ -401,3 +401,15 @@ def test_acks_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     for client_id in ("a", "b", "a", "c"):
         hub.ack(client_id, entry.id)
     assert (entry.id, None, entry.id) == (hub.acked("a"), hub.acked("b"), hub.acked("c"))
+
+
+async def test_control_replies_are_bounded() -> None:
+    """A client that leaves MAX_CONTROL replies unread while it keeps asking is closed 1008."""
+    hub = make_hub()
+    client = hub.connect(Filter(), None)
+    for _ in range(_hub.MAX_CONTROL):
+        client.send_control({"type": "pong"})
+    assert ClientState.LIVE is client.state
+    client.send_control({"type": "pong"})
+    assert (ClientState.FINISHING, 1008) == (client.state, client.close_code)
+    assert client not in hub.clients

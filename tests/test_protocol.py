@@ -8,6 +8,7 @@ from wslogging._filters import Filter
 from wslogging._protocol import (
     MAX_CLIENT_MESSAGE,
     Ack,
+    Liveness,
     MessageBudget,
     Ping,
     ProtocolError,
@@ -66,3 +67,37 @@ def test_budget_counts_errors() -> None:
     """max_errors malformed messages are tolerated, the next one is not."""
     budget = MessageBudget(max_errors=2)
     assert [True, True, False] == [budget.error() for _ in range(3)]
+
+
+def test_liveness_pings_once_a_heartbeat() -> None:
+    """A ping is due a heartbeat after the last one, and not while one is unanswered."""
+    liveness = Liveness(10.0, now=0.0)
+    assert (False, True) == (liveness.due(9.0), liveness.due(10.0))
+    liveness.pinged(10.0, None)
+    assert False is liveness.due(25.0)
+    liveness.pong()
+    assert (False, True) == (liveness.due(19.0), liveness.due(20.0))
+
+
+def test_liveness_gives_up_two_heartbeats_after_an_unanswered_ping() -> None:
+    """No pong and no progress two heartbeats after the ping: gone."""
+    liveness = Liveness(10.0, now=0.0)
+    liveness.pinged(10.0, 500)
+    assert (False, True) == (liveness.gone(29.0, 500), liveness.gone(30.0, 500))
+
+
+def test_liveness_waits_for_a_peer_still_reading() -> None:
+    """A peer that took bytes since the ping is waited for again; an answered ping clears all."""
+    liveness = Liveness(10.0, now=0.0)
+    liveness.pinged(10.0, 500)
+    assert False is liveness.gone(30.0, 200)
+    assert (False, True) == (liveness.gone(49.0, 200), liveness.gone(50.0, 200))
+    liveness.pong()
+    assert False is liveness.gone(100.0, 200)
+
+
+def test_liveness_without_byte_counts_relies_on_pongs() -> None:
+    """Where unsent bytes cannot be read, only the pong counts."""
+    liveness = Liveness(1.0, now=0.0)
+    liveness.pinged(1.0, None)
+    assert True is liveness.gone(3.0, None)

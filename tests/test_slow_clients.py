@@ -217,3 +217,16 @@ async def test_reader_that_stops_for_good_is_cut_off(configure: Configure) -> No
         assert "still here" == json.loads(await asyncio.wait_for(good.recv(), TIMEOUT))["log"]
     stalled.close()
     stalled_sse.close()
+
+
+async def test_half_open_client_is_dropped_while_records_flow(configure: Configure) -> None:
+    """A peer that never answers pings is dropped even while records keep coming more often
+    than once a heartbeat (which kept it from ever being idle)."""
+    handler = configure(heartbeat=0.1)
+    silent = stalled_websocket(handler)
+    await async_wait_until(lambda: handler._server.hub.stats()["clients"] == 1)
+    async with asyncio.timeout(TIMEOUT):
+        while handler._server.hub.stats()["clients"]:
+            log.info("trickle %s", PADDING)
+            await asyncio.sleep(0.05)
+    silent.close()

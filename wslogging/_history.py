@@ -76,6 +76,11 @@ class History:
         return self._next_id - 1
 
     @property
+    def next_id(self) -> int:
+        """The id the next appended entry gets."""
+        return self._next_id
+
+    @property
     def oldest_id(self) -> int:
         """The oldest id still held (``last_id + 1`` when empty)."""
         return self._next_id - len(self)

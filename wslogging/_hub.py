@@ -15,12 +15,15 @@ from typing import Any
 
 from ._filters import Filter
 from ._history import Gap, History
+from ._protocol import Liveness
 from ._wire import LogEntry, encode_entry
 
 # Records handed to one writer per wakeup: bounds the work (and the write) per turn.
 BATCH = 500
 # How long a client kicked for being slow may take to close cleanly before it is cut off.
 KICK_GRACE = 1.0
+# Replies (pong, subscribed, error) that may wait for one client before it is closed.
+MAX_CONTROL = 64
 # How many client_ids' acknowledgments are remembered; the least recently used go first.
 MAX_ACKED_CLIENTS = 10000
 
@@ -89,8 +92,8 @@ class Client:
         self.client_id: str | None = None
         # Called (once) when the client must go at once; the connection sets it.
         self.abort: Callable[[], None] | None = None
-        # When the server pinged and has had no pong since (WebSocket liveness).
-        self.awaiting_pong_since: float | None = None
+        # WebSocket liveness, kept by the connection's writer.
+        self.liveness: Liveness | None = None
         self._queue: deque[LogEntry] = deque()
         self._control: list[Item] = first
         # Ids in [replay_next, replay_end] are read from history; later ones arrive via offer().
@@ -113,7 +116,14 @@ class Client:
         self._wake.set()
 
     def send_control(self, message: dict[str, Any] | SendPong) -> None:
-        """Queue a protocol message (``pong``, ``error``, ...) ahead of records."""
+        """Queue a protocol message (``pong``, ``error``, ...) ahead of records.
+
+        Bounded: a client that leaves :data:`MAX_CONTROL` replies unread while it keeps
+        asking is closed with 1008.
+        """
+        if len(self._control) >= MAX_CONTROL:
+            self.kick(1008, "too many unanswered messages")
+            return
         self._control.append(message)
         self._wake.set()
 
@@ -267,13 +277,14 @@ class Hub:
     def accept(self, entry: LogEntry) -> None:
         """Number, encode (once, for everyone) and keep ``entry``, and queue it for every
         client whose filter matches."""
-        self.history.append(entry)
+        entry.id = self.history.next_id
         try:
             entry.data = encode_entry(entry)
         except Exception as exc:  # render_record() should make this impossible; never stall
             entry.fields = {"wslogging_error": f"record could not be encoded: {exc!r}"}
             entry.created, entry.exc = time.time(), None
-            entry.data = encode_entry(entry)
+            entry.data = encode_entry(entry)  # if this raises too, the record is not kept
+        self.history.append(entry)
         for client in list(self.clients):
             if client.filter.matches(entry):
                 client.offer(entry)

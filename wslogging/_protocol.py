@@ -95,3 +95,41 @@ class MessageBudget:
         """Count one malformed message; ``False`` once there were too many."""
         self.errors += 1
         return self.errors <= self.max_errors
+
+
+class Liveness:
+    """When to ping a WebSocket peer, and when to give it up for gone. Pure: it is told the
+    time and, where the platform can say, how many bytes the peer has yet to take.
+
+    A ping goes out once a heartbeat (with or without traffic). A peer that has not answered
+    two heartbeats after it is gone, unless it has taken bytes since (its pong is behind a
+    backlog it is still reading): then the wait starts again.
+    """
+
+    def __init__(self, heartbeat: float, now: float) -> None:
+        self.heartbeat = heartbeat
+        self._last_ping = now
+        self._ping_sent: float | None = None
+        self._unsent: int | None = None
+
+    def due(self, now: float) -> bool:
+        """Whether to ping now."""
+        return self._ping_sent is None and now - self._last_ping >= self.heartbeat
+
+    def pinged(self, now: float, unsent: int | None) -> None:
+        """A ping was queued when the peer had ``unsent`` bytes to take (``None``: unknown)."""
+        self._ping_sent = self._last_ping = now
+        self._unsent = unsent
+
+    def pong(self) -> None:
+        """The peer answered."""
+        self._ping_sent = None
+
+    def gone(self, now: float, unsent: int | None) -> bool:
+        """Whether the peer is gone: no pong two heartbeats after the ping, and no progress."""
+        if self._ping_sent is None or now - self._ping_sent < 2 * self.heartbeat:
+            return False
+        if unsent is not None and self._unsent is not None and unsent < self._unsent:
+            self._ping_sent, self._unsent = now, unsent  # still reading: wait again
+            return False
+        return True

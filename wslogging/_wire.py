@@ -234,6 +234,10 @@ def record_exc(record: logging.LogRecord) -> str | None:
     return "\n".join(parts) if parts else None
 
 
+def _small_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+
+
 def render_record(record: logging.LogRecord, message: str) -> LogEntry:
     """Everything the app thread must capture of ``record``, with ``message`` already formatted.
 
@@ -243,7 +247,7 @@ def render_record(record: logging.LogRecord, message: str) -> LogEntry:
     fields = record_fields(record)
     category = record.__dict__.get("category")
     name = str(record.name)
-    levelno = record.levelno if isinstance(record.levelno, int) else logging.NOTSET
+    levelno = record.levelno if _small_int(record.levelno) else logging.NOTSET
     created = record.created
     if not isinstance(created, int | float) or not 0 <= created < _MAX_TIME:
         created = time.time()  # nan, inf, or a year format_time() cannot print
@@ -256,7 +260,7 @@ def render_record(record: logging.LogRecord, message: str) -> LogEntry:
         created=created,
         fields=fields,
         exc=record_exc(record),
-        pid=record.process if isinstance(record.process, int) else None,
+        pid=record.process if _small_int(record.process) else None,
     )
 
 

@@ -250,16 +250,23 @@ class WebSocketHandler(logging.Handler):
             else:
                 self._count_drop()
             return
-        local["busy"] = True
-        try:
-            if not self._server.submit(entry):
-                self._count_drop()
-            parked = local.get("parked")
-            while parked:
-                if not self._server.submit(parked.pop(0)):
+        submit = self._server.submit
+        pending: LogEntry | None = entry
+        while pending is not None:
+            local["busy"] = True
+            try:
+                if not submit(pending):
                     self._count_drop()
-        finally:
-            local["busy"] = False
+                parked = local.get("parked")
+                while parked:
+                    if not submit(parked.pop(0)):
+                        self._count_drop()
+            finally:
+                local["busy"] = False
+            # A signal may have parked an entry after the loop above and before busy was
+            # cleared: go round again rather than leave it for this thread's next record.
+            parked = local.get("parked")
+            pending = parked.pop(0) if parked else None
 
     def close(self) -> None:
         """Deliver what is queued (bounded), close every client, stop serving. Idempotent."""

@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import enum
 import errno
+import fcntl
 import json
 import logging
 import math
 import socket
 import ssl
+import struct
 import sys
+import termios
 import threading
 import time
 import weakref
@@ -33,6 +36,7 @@ from ._hub import Client, ClientState, Hub, Item, SendPing, SendPong, SlowClient
 from ._openapi import openapi_document
 from ._protocol import (
     ClientMessage,
+    Liveness,
     MessageBudget,
     Ping,
     ProtocolError,
@@ -45,6 +49,8 @@ from ._version import __version__
 PUBLIC_PATHS = frozenset({"/", "/healthz", "/openapi.json"})
 # Heartbeats a write may go without progress before the client is taken for gone.
 STALL_HEARTBEATS = 4
+# Bytes per write call; the stall deadline applies to each (see _write_in_slices).
+WRITE_SLICE = 64 * 1024
 # Longest ``client_id`` a WebSocket may name.
 MAX_CLIENT_ID = 128
 # aiohttp's own frame limit, above ours so that we can answer instead of dropping the socket.
@@ -537,9 +543,11 @@ class LogServer:
                             sent += 1
                             if limit is not None and sent >= limit:
                                 break
-                    # A reader that has not taken a byte for STALL_HEARTBEATS heartbeats is gone.
-                    async with asyncio.timeout(STALL_HEARTBEATS * heartbeat):
-                        await response.write(b"".join(chunk) if chunk else _wire.SSE_PING)
+                    await _write_in_slices(
+                        response.write,
+                        b"".join(chunk) if chunk else _wire.SSE_PING,
+                        STALL_HEARTBEATS * heartbeat,
+                    )
                     if limit is not None and sent >= limit:
                         break
             await response.write_eof()
@@ -587,26 +595,29 @@ class LogServer:
                 self._track()
                 transport = request.transport
                 client.abort = transport.abort if transport is not None else None
-                await self._ws_session(ws, client)
+                await self._ws_session(ws, client, transport)
         finally:
             if client is not None:
                 client.closed()
         return ws
 
-    async def _ws_session(self, ws: web.WebSocketResponse, client: Client) -> None:
+    async def _ws_session(
+        self, ws: web.WebSocketResponse, client: Client, transport: asyncio.Transport | None
+    ) -> None:
         """Read the client's messages while :meth:`_ws_writer` sends to it."""
-        writer = asyncio.create_task(self._ws_writer(ws, client))
+        writer = asyncio.create_task(self._ws_writer(ws, client, transport))
         try:
             budget = MessageBudget()
             async for frame in ws:
                 if frame.type is WSMsgType.ERROR:
                     break  # aiohttp has closed the connection (e.g. a frame over its limit)
-                if frame.type is WSMsgType.PONG:
-                    client.awaiting_pong_since = None
-                    continue
                 if not budget.take(time.monotonic()):
                     client.kick(1008, "too many messages")
                     break
+                if frame.type is WSMsgType.PONG:
+                    if client.liveness is not None:
+                        client.liveness.pong()
+                    continue
                 if frame.type is WSMsgType.PING:
                     client.send_control(SendPong(frame.data))
                     continue
@@ -633,31 +644,35 @@ class LogServer:
             "filter": flt.to_json(),
         }
 
-    async def _ws_writer(self, ws: web.WebSocketResponse, client: Client) -> None:
+    async def _ws_writer(
+        self, ws: web.WebSocketResponse, client: Client, transport: asyncio.Transport | None
+    ) -> None:
         """The one task that writes to this socket: records, gaps and replies, in order.
 
-        Liveness: after ``heartbeat`` seconds with nothing to send it pings; a peer that has
-        not answered two heartbeats later is gone (a half-open connection) and is cut off. A
-        write that makes no progress for :data:`STALL_HEARTBEATS` heartbeats (a peer that
-        stopped reading altogether) cuts it off too. A client that reads slowly but reads is
-        never cut off: it loses its oldest records per ``slow_client`` instead.
+        Liveness (see :class:`Liveness`): it pings once a heartbeat; a peer that has neither
+        answered nor taken any bytes two heartbeats later is gone (a half-open connection)
+        and is cut off. A write that makes no progress for :data:`STALL_HEARTBEATS`
+        heartbeats (a peer that stopped reading altogether) cuts it off too. A client that
+        reads slowly but reads is never cut off: it loses its oldest records per
+        ``slow_client`` instead. Progress is read from the kernel's send queue on Linux;
+        elsewhere only the pong counts.
         """
         heartbeat = self.options.heartbeat
         loop = asyncio.get_running_loop()
+        liveness = client.liveness = Liveness(heartbeat, loop.time())
         try:
             while True:
                 items = await client.next_batch(heartbeat)
                 if items is None:
                     break
-                if not items:
-                    if client.awaiting_pong_since is None:
-                        client.awaiting_pong_since = loop.time()
-                        items = [SendPing()]
-                    elif loop.time() - client.awaiting_pong_since >= 2 * heartbeat:
-                        client.cut_off()
-                        return
-                async with asyncio.timeout(STALL_HEARTBEATS * heartbeat):
-                    await self._ws_send(ws, items)
+                now = loop.time()
+                if liveness.gone(now, _unsent(transport)):
+                    client.cut_off()
+                    return
+                if liveness.due(now):
+                    liveness.pinged(now, _unsent(transport))
+                    items.append(SendPing())  # after the batch, so it measures the backlog
+                await self._ws_send(ws, items, STALL_HEARTBEATS * heartbeat)
             await ws.close(code=client.close_code, message=client.close_reason.encode())
         except TimeoutError:
             client.cut_off()
@@ -665,28 +680,34 @@ class LogServer:
             pass  # the peer is gone; the reading side notices and cleans up
 
     @staticmethod
-    async def _ws_send(ws: web.WebSocketResponse, items: list[Item]) -> None:
+    async def _ws_send(ws: web.WebSocketResponse, items: list[Item], stall: float) -> None:
         """Send ``items`` in order, the text frames of a batch in one write.
 
         One write (one system call) per batch rather than per record: each system call lets
         the app's threads take the GIL, and a writer that makes one per record is starved by
         an app that logs in a tight loop. The frames are framed here (RFC 6455 §5.2: a server
         does not mask, so a frame is its header and the record's bytes) and written through
-        the response's own stream, which waits (drains) as aiohttp's writes do.
+        the response's own stream, which waits (drains) as aiohttp's writes do. Raises
+        ``TimeoutError`` if the peer takes nothing for ``stall`` seconds.
         """
+
+        async def write(data: bytes | memoryview) -> None:
+            # StreamResponse.write: WebSocketResponse.write refuses raw bytes on purpose.
+            await web.StreamResponse.write(ws, data)
+
         frames: list[bytes] = []
         for item in items:
             if isinstance(item, SendPing | SendPong):
                 if frames:
-                    await web.StreamResponse.write(ws, b"".join(frames))
+                    await _write_in_slices(write, b"".join(frames), stall)
                     frames = []
-                await (ws.ping() if isinstance(item, SendPing) else ws.pong(item.data))
+                async with asyncio.timeout(stall):
+                    await (ws.ping() if isinstance(item, SendPing) else ws.pong(item.data))
                 continue
             data = item.data if isinstance(item, _wire.LogEntry) else _message(item)
             frames += (_wire.ws_text_frame_header(len(data)), data)
         if frames:
-            # StreamResponse.write: WebSocketResponse.write refuses raw bytes on purpose.
-            await web.StreamResponse.write(ws, b"".join(frames))
+            await _write_in_slices(write, b"".join(frames), stall)
 
     def _on_message(self, client: Client, message: ClientMessage) -> None:
         """Act on one well-formed client message (SPEC §5)."""
@@ -708,6 +729,36 @@ class LogServer:
         assert task is not None
         self._connections.add(task)
         task.add_done_callback(self._connections.discard)
+
+
+def _unsent(transport: asyncio.BaseTransport | None) -> int | None:
+    """Bytes written to ``transport`` that the peer has not taken yet: asyncio's buffer plus
+    the kernel's send queue (Linux's SIOCOUTQ); ``None`` where that cannot be known."""
+    if transport is None or not hasattr(termios, "TIOCOUTQ"):
+        return None
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return None
+    try:
+        queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        buffered = transport.get_write_buffer_size()  # type: ignore[attr-defined]
+    except (OSError, AttributeError):
+        return None
+    return int(struct.unpack("i", queued)[0]) + int(buffered)
+
+
+async def _write_in_slices(
+    write: Callable[[bytes | memoryview], Awaitable[None]], data: bytes, stall: float
+) -> None:
+    """Write ``data`` in slices of :data:`WRITE_SLICE` bytes, each within ``stall`` seconds.
+
+    The deadline is per slice, so it measures progress: a reader that takes nothing for
+    ``stall`` seconds is gone (``TimeoutError``), one that reads slowly is not.
+    """
+    view = memoryview(data)
+    for start in range(0, len(view), WRITE_SLICE):
+        async with asyncio.timeout(stall):
+            await write(view[start : start + WRITE_SLICE])
 
 
 _servers: weakref.WeakSet[LogServer] = weakref.WeakSet()
