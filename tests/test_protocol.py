@@ -83,21 +83,21 @@ def test_liveness_gives_up_two_heartbeats_after_an_unanswered_ping() -> None:
     """No pong and no progress two heartbeats after the ping: gone."""
     liveness = Liveness(10.0, now=0.0)
     liveness.pinged(10.0, 500)
-    assert (False, True) == (liveness.gone(29.0, 500), liveness.gone(30.0, 500))
+    assert (False, True) == (liveness.gone(29.0, lambda: 500), liveness.gone(30.0, lambda: 500))
 
 
 def test_liveness_waits_for_a_peer_still_reading() -> None:
     """A peer that took bytes since the ping is waited for again; an answered ping clears all."""
     liveness = Liveness(10.0, now=0.0)
     liveness.pinged(10.0, 500)
-    assert False is liveness.gone(30.0, 200)
-    assert (False, True) == (liveness.gone(49.0, 200), liveness.gone(50.0, 200))
+    assert False is liveness.gone(30.0, lambda: 200)
+    assert (False, True) == (liveness.gone(49.0, lambda: 200), liveness.gone(50.0, lambda: 200))
     liveness.pong()
-    assert False is liveness.gone(100.0, 200)
+    assert False is liveness.gone(100.0, lambda: 200)
 
 
 def test_liveness_without_byte_counts_relies_on_pongs() -> None:
     """Where unsent bytes cannot be read, only the pong counts."""
     liveness = Liveness(1.0, now=0.0)
     liveness.pinged(1.0, None)
-    assert True is liveness.gone(3.0, None)
+    assert True is liveness.gone(3.0, lambda: None)

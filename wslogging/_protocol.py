@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._filters import Filter, FilterError, filter_from_message
@@ -125,11 +126,13 @@ class Liveness:
         """The peer answered."""
         self._ping_sent = None
 
-    def gone(self, now: float, unsent: int | None) -> bool:
-        """Whether the peer is gone: no pong two heartbeats after the ping, and no progress."""
+    def gone(self, now: float, unsent: Callable[[], int | None]) -> bool:
+        """Whether the peer is gone: no pong two heartbeats after the ping, and no progress.
+        ``unsent`` is only called then (it may cost a system call)."""
         if self._ping_sent is None or now - self._ping_sent < 2 * self.heartbeat:
             return False
-        if unsent is not None and self._unsent is not None and unsent < self._unsent:
-            self._ping_sent, self._unsent = now, unsent  # still reading: wait again
+        left = unsent()
+        if left is not None and self._unsent is not None and left < self._unsent:
+            self._ping_sent, self._unsent = now, left  # still reading: wait again
             return False
         return True

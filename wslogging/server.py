@@ -50,7 +50,7 @@ PUBLIC_PATHS = frozenset({"/", "/healthz", "/openapi.json"})
 # Heartbeats a write may go without progress before the client is taken for gone.
 STALL_HEARTBEATS = 4
 # Bytes per write call; the stall deadline applies to each (see _write_in_slices).
-WRITE_SLICE = 64 * 1024
+WRITE_SLICE = 256 * 1024
 # Longest ``client_id`` a WebSocket may name.
 MAX_CLIENT_ID = 128
 # aiohttp's own frame limit, above ours so that we can answer instead of dropping the socket.
@@ -666,7 +666,7 @@ class LogServer:
                 if items is None:
                     break
                 now = loop.time()
-                if liveness.gone(now, _unsent(transport)):
+                if liveness.gone(now, lambda: _unsent(transport)):
                     client.cut_off()
                     return
                 if liveness.due(now):
