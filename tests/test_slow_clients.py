@@ -154,7 +154,7 @@ async def test_stalled_sse_client_does_not_hold_others(
 async def test_slow_reader_is_not_taken_for_dead(configure: Configure) -> None:
     """A client that reads slowly, many heartbeats behind, keeps its connection and every
     record: liveness pings wait until the server has nothing else to send."""
-    handler = configure(heartbeat=0.1, client_queue_size=BURST)
+    handler = configure(heartbeat=0.3, client_queue_size=BURST)
     async with websockets.connect(
         f"ws://127.0.0.1:{handler.port}/ws/logs",
         additional_headers=AUTH,
@@ -168,9 +168,9 @@ async def test_slow_reader_is_not_taken_for_dead(configure: Configure) -> None:
             assert "log" == frame["type"], frame
             received += 1
             if received % 100 == 0:
-                await asyncio.sleep(0.02)  # about 5,000 records a second at most
+                await asyncio.sleep(0.06)  # about 1,700 records a second at most
         assert await asyncio.to_thread(done.wait, TIMEOUT)
-        assert time.monotonic() - started > 5 * 0.1  # it really was several heartbeats
+        assert time.monotonic() - started > 5 * 0.3  # it really was several heartbeats
 
 
 async def test_idle_client_that_answers_pings_stays(configure: Configure) -> None:
@@ -199,7 +199,7 @@ async def test_half_open_client_is_dropped(configure: Configure) -> None:
 async def test_reader_that_stops_for_good_is_cut_off(configure: Configure) -> None:
     """A peer whose socket stays full for several heartbeats is cut off, WebSocket and SSE;
     a reading client is unaffected."""
-    handler = configure(heartbeat=0.1)
+    handler = configure(heartbeat=0.3)
     stalled = stalled_websocket(handler)
     stalled_sse = stalled_event_stream(handler)
     # A client with a reader of its own, so that it answers pings while the test waits.
