@@ -5,7 +5,10 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import TypeVar
+
+V = TypeVar("V")
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 
@@ -93,6 +96,18 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def _make_room(entries: dict[str, V], expired: Callable[[V], bool], limit: int) -> None:
+    """Make ``entries`` (oldest first) hold fewer than ``limit``: drop the expired ones, then
+    the oldest. Does nothing while there is room."""
+    if len(entries) < limit:
+        return
+    for key, value in list(entries.items()):
+        if expired(value):
+            del entries[key]
+    while len(entries) >= limit:
+        del entries[next(iter(entries))]
+
+
 class FailureThrottle:
     """Counts failed authentications per client address; past ``limit`` in ``window``
     seconds, that address is refused (429) until its window ends, key or not.
@@ -121,16 +136,9 @@ class FailureThrottle:
         start, failures = self._windows.get(address, (now, 0))
         if now - start >= self.window:
             start, failures = now, 0
-        if address not in self._windows and len(self._windows) >= self.max_addresses:
-            self._forget_some(now)
+        if address not in self._windows:
+            _make_room(self._windows, lambda w: now - w[0] >= self.window, self.max_addresses)
         self._windows[address] = (start, failures + 1)
-
-    def _forget_some(self, now: float) -> None:
-        for address, (start, _) in list(self._windows.items()):
-            if now - start >= self.window:
-                del self._windows[address]
-        while len(self._windows) >= self.max_addresses:
-            del self._windows[next(iter(self._windows))]
 
 
 class TicketBook:
@@ -147,12 +155,7 @@ class TicketBook:
 
     def issue(self, now: float) -> str:
         """A new ticket, valid until ``now + lifetime``."""
-        if len(self._expiry) >= self.max_tickets:
-            for ticket, expiry in list(self._expiry.items()):
-                if expiry <= now:
-                    del self._expiry[ticket]
-            while len(self._expiry) >= self.max_tickets:
-                del self._expiry[next(iter(self._expiry))]
+        _make_room(self._expiry, lambda expiry: expiry <= now, self.max_tickets)
         ticket = secrets.token_urlsafe(24)
         self._expiry[ticket] = now + self.lifetime
         return ticket

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import _auth
+from ._filters import parse_level
 from ._hub import SlowClientPolicy
 from ._wire import LogEntry, default_message, json_safe, render_record
 from .server import LogServer, ServerOptions
@@ -285,13 +286,7 @@ class WebSocketHandler(logging.Handler):
         **fields: Any,
     ) -> None:
         """Send one message to this handler's clients, bypassing loggers and filters."""
-        levelno = (
-            level
-            if isinstance(level, int)
-            else logging.getLevelNamesMapping().get(str(level).upper())
-        )
-        if levelno is None:
-            raise ValueError(f"unknown level {level!r}")
+        levelno = parse_level(level)  # a FilterError, which is a ValueError, if unknown
         self.enqueue(
             LogEntry(
                 log=str(message),

@@ -526,9 +526,7 @@ class LogServer:
         sent = 0
         try:
             await response.prepare(request)
-            transport = request.transport
-            client.abort = transport.abort if transport is not None else None
-            self._track()
+            self._track(request, client)
             await response.write(_wire.sse_retry(SSE_RETRY_MS))
             async with asyncio.timeout(duration) as deadline:
                 while True:
@@ -592,10 +590,7 @@ class LogServer:
                 # Accepted, then closed at once: a browser sees the reason; no record is sent.
                 await ws.close(code=4401, message=str(problem).encode())
             else:
-                self._track()
-                transport = request.transport
-                client.abort = transport.abort if transport is not None else None
-                await self._ws_session(ws, client, transport)
+                await self._ws_session(ws, client, self._track(request, client))
         finally:
             if client is not None:
                 client.closed()
@@ -724,11 +719,16 @@ class LogServer:
             except ValueError as exc:
                 raise ProtocolError(str(exc)) from None
 
-    def _track(self) -> None:
+    def _track(self, request: web.Request, client: Client) -> asyncio.Transport | None:
+        """Note this stream's task (close() waits for it) and give ``client`` the means to
+        cut its connection; returns the connection's transport."""
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
         task.add_done_callback(self._connections.discard)
+        transport = request.transport
+        client.abort = transport.abort if transport is not None else None
+        return transport
 
 
 def _unsent(transport: asyncio.BaseTransport | None) -> int | None:
