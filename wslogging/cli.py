@@ -1,4 +1,4 @@
-"""The ``wslogging`` command line (also ``python -m wslogging``): for now, ``wslogging demo``."""
+"""The ``wslogging`` command line (also ``python -m wslogging``): ``tail`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import _tail
 from ._version import __version__
 from .handler import WebSocketHandler
 
@@ -86,7 +87,81 @@ def build_parser(prog: str = "wslogging") -> argparse.ArgumentParser:
         help=f"API key clients must send (default: ${KEY_ENV} if set, else a random one)",
     )
     demo.set_defaults(func=_run_demo)
+    _add_tail(commands)
     return parser
+
+
+def _add_tail(commands: Any) -> None:
+    tail = commands.add_parser(
+        "tail",
+        help="follow a live log stream in the terminal",
+        description=(
+            "Follow the log stream of an app that uses wslogging.WebSocketHandler. Records go "
+            "to stdout (coloured by level on a terminal), status lines to stderr. It "
+            "reconnects by itself and resumes after the last record it printed; records the "
+            "server could not keep are announced with a gap line. Ctrl-C stops it."
+        ),
+    )
+    tail.add_argument(
+        "url",
+        nargs="?",
+        default=_tail.DEFAULT_URL,
+        help="the app's base URL (http, https, ws or wss; default: %(default)s)",
+    )
+    tail.add_argument("--key", help=f"API key (default: ${KEY_ENV}, its first key)")
+    filters = tail.add_argument_group("filters (applied by the server)")
+    filters.add_argument("--level", help="minimum level: a name (warning) or a number (30)")
+    filters.add_argument(
+        "--logger",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="logger and its children (app matches app.db); repeat for several",
+    )
+    filters.add_argument(
+        "--category", action="append", default=[], metavar="NAME", help="exact category; repeatable"
+    )
+    filters.add_argument("--grep", metavar="TEXT", help="only messages containing TEXT")
+    filters.add_argument(
+        "--field",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a structured field whose text is VALUE (status=500); repeatable",
+    )
+    start = tail.add_mutually_exclusive_group()
+    start.add_argument(
+        "--since", metavar="ID", help="replay the records after this id first (0: all history)"
+    )
+    start.add_argument(
+        "-n",
+        "--lines",
+        type=_count,
+        default=10,
+        metavar="N",
+        help="show the newest N records from history first (default: %(default)s)",
+    )
+    output = tail.add_argument_group("output")
+    output.add_argument("--json", action="store_true", help="print records as JSON lines")
+    output.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="colour by level: auto (on a terminal, unless $NO_COLOR is set), always or never",
+    )
+    output.add_argument("-q", "--quiet", action="store_true", help="no status lines on stderr")
+    tail.add_argument("--cafile", metavar="PEM", help="CA certificates to verify https/wss with")
+    tail.set_defaults(func=_run_tail)
+
+
+def _count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if count < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return count
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "wslogging") -> int:
@@ -101,6 +176,44 @@ def main(argv: Sequence[str] | None = None, prog: str = "wslogging") -> int:
         parser.print_help(sys.stderr)
         return 2
     return func(args)
+
+
+# -- wslogging tail -----------------------------------------------------------------------
+
+
+def _use_color(choice: str, out: Any) -> bool:
+    if choice != "auto":
+        return choice == "always"
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    return bool(out.isatty())
+
+
+def _run_tail(args: argparse.Namespace) -> int:
+    key = args.key
+    if key is None:
+        key = next((k.strip() for k in os.environ.get(KEY_ENV, "").split(",") if k.strip()), None)
+    try:
+        fields = _tail.parse_fields(args.field)
+    except _tail.TailError as exc:
+        print(f"wslogging tail: {exc}", file=sys.stderr)
+        return _tail.EXIT_USAGE
+    options = _tail.Options(
+        url=args.url,
+        key=key,
+        level=args.level,
+        loggers=args.logger,
+        categories=args.category,
+        grep=args.grep,
+        fields=fields,
+        since=args.since,
+        lines=0 if args.since is not None else args.lines,
+        json=args.json,
+        color=not args.json and _use_color(args.color, sys.stdout),
+        quiet=args.quiet,
+        cafile=args.cafile,
+    )
+    return _tail.run(options)
 
 
 # -- wslogging demo -----------------------------------------------------------------------
@@ -128,7 +241,9 @@ def _watch_text(url: str, key: str, rate: float) -> str:
             f"wslogging demo: streaming logs at {url} (about {rate:g} {per_second})",
             f"API key: {key}",
             "",
-            "Watch it live with Server-Sent Events:",
+            "Watch it live from another terminal:",
+            f"  {KEY_ENV}={shlex.quote(key)} wslogging tail {url}",
+            "or with Server-Sent Events:",
             f"  curl -N -H {header} {url}/api/get-logs-stream",
             "or over a WebSocket (https://github.com/vi/websocat):",
             f"  websocat -H {header} {ws_url}/ws/logs",
