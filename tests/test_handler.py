@@ -125,6 +125,8 @@ async def test_generated_key_is_printed_once(
         ({"port": "http"}, "port must be a number"),
         ({"port": 70000}, "port must be 0 to 65535"),
         ({"queue_size": 0}, "queue_size must be at least 1"),
+        ({"max_clients_per_key": 0}, "max_clients_per_key must be at least 1"),
+        ({"max_clients_per_key": "many"}, "max_clients_per_key must be a number"),
         ({"allow_query_token": "maybe"}, "allow_query_token must be true or false"),
         ({"backend": "redis://localhost:6379/0"}, "Redis backend is not available"),
     ],

@@ -726,3 +726,106 @@ async def test_records_of_every_frame_size_arrive_intact(
         received = [json.loads(await asyncio.wait_for(other.recv(), TIMEOUT)) for _ in range(3)]
         assert expected == [r["log"] for r in received]
     await ws.close()
+
+
+# -- per-key caps and keys changed at run time -------------------------------------------------
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def test_streams_per_key_are_capped(
+    configure: Configure, session: aiohttp.ClientSession
+) -> None:
+    """With max_clients_per_key, a key's streams beyond it get 503 (a WebSocket before the
+    upgrade), tickets counting for the key that got them; other keys are unaffected."""
+    handler = configure(api_keys=["a", "b"], max_clients_per_key=2)
+    ws = await session.ws_connect(f"{handler.url}/ws/logs", headers=_bearer("a"))
+    sse = await session.get(f"{handler.url}/api/get-logs-stream", headers=_bearer("a"))
+    assert 200 == sse.status
+    with pytest.raises(aiohttp.WSServerHandshakeError) as excinfo:
+        await session.ws_connect(f"{handler.url}/ws/logs", headers=_bearer("a"))
+    assert 503 == excinfo.value.status
+    async with session.post(f"{handler.url}/api/ticket", headers=_bearer("a")) as response:
+        ticket = (await response.json())["ticket"]
+    url = f"{handler.url}/api/get-logs-stream?ticket={ticket}"
+    async with session.get(url) as response:
+        assert (503, {"error": "unavailable", "detail": "too many streams for this API key"}) == (
+            response.status,
+            await response.json(),
+        )
+    other = await session.ws_connect(f"{handler.url}/ws/logs", headers=_bearer("b"))
+    assert "hello" == (await receive_json(other))["type"]
+    sse.close()
+    await async_wait_until(lambda: handler._server.hub.clients_of(key_id(handler, "a")) == 1)
+    again = await session.ws_connect(f"{handler.url}/ws/logs", headers=_bearer("a"))
+    assert "hello" == (await receive_json(again))["type"]
+    for socket_ in (ws, other, again):
+        await socket_.close()
+
+
+def key_id(handler: wslogging.WebSocketHandler, key: str) -> bytes | None:
+    """The id under which the server counts ``key``'s streams."""
+    return handler._server._keys.match(key)
+
+
+async def test_removed_key_closes_its_streams_4401(
+    configure: Configure, session: aiohttp.ClientSession
+) -> None:
+    """set_api_keys() closes the WebSockets opened with a removed key (or with a ticket it
+    got) with 4401 and ends its SSE streams; other keys' streams go on, and the removed key
+    and its unused tickets are refused from then on."""
+    handler = configure(api_keys=["old", "kept"])
+    tickets = []
+    for _ in range(2):
+        async with session.post(f"{handler.url}/api/ticket", headers=_bearer("old")) as response:
+            tickets.append((await response.json())["ticket"])
+    by_key = await session.ws_connect(f"{handler.url}/ws/logs", headers=_bearer("old"))
+    by_ticket = await session.ws_connect(f"{handler.url}/ws/logs?ticket={tickets[0]}")
+    sse = await session.get(f"{handler.url}/api/get-logs-stream", headers=_bearer("old"))
+    kept = await session.ws_connect(f"{handler.url}/ws/logs", headers=_bearer("kept"))
+    for ws in (by_key, by_ticket, kept):
+        assert "hello" == (await receive_json(ws))["type"]
+
+    handler.set_api_keys("kept, new")
+
+    for ws in (by_key, by_ticket):
+        message = await ws.receive(timeout=TIMEOUT)
+        while message.type is aiohttp.WSMsgType.TEXT:
+            message = await ws.receive(timeout=TIMEOUT)
+        assert (aiohttp.WSMsgType.CLOSE, 4401, "API key revoked") == (
+            message.type,
+            message.data,
+            message.extra,
+        )
+    await asyncio.wait_for(sse.read(), TIMEOUT)  # returns only because the stream ended
+    log.info("after the change")
+    assert ["after the change"] == [r["log"] for r in await receive_logs(kept, 1)]
+    async with session.get(f"{handler.url}/api/stats", headers=_bearer("old")) as response:
+        assert 401 == response.status
+    async with session.get(f"{handler.url}/api/logs?ticket={tickets[1]}") as response:
+        assert 401 == response.status
+    await async_wait_until(lambda: handler._server.hub.stats()["clients"] == 1)
+    async with session.get(f"{handler.url}/api/stats", headers=_bearer("new")) as response:
+        assert 200 == response.status
+    await kept.close()
+
+
+@pytest.mark.parametrize(
+    ("keys", "error"), [([], ValueError), (" , ", ValueError), (["ok", 7], TypeError)]
+)
+async def test_bad_new_keys_change_nothing(
+    handler: wslogging.WebSocketHandler,
+    session: aiohttp.ClientSession,
+    keys: object,
+    error: type[Exception],
+) -> None:
+    """set_api_keys() with no keys, or keys that are not strings, raises and keeps the old
+    keys and their streams."""
+    ws = await connect(session, handler)
+    with pytest.raises(error):
+        handler.set_api_keys(keys)  # type: ignore[arg-type]
+    log.info("still here")
+    assert ["still here"] == [r["log"] for r in await receive_logs(ws, 1)]
+    await ws.close()

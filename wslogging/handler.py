@@ -108,6 +108,7 @@ class WebSocketHandler(logging.Handler):
         slow_client: str = "drop",
         heartbeat: float | str = 15.0,
         max_clients: int | str = 1000,
+        max_clients_per_key: int | str | None = None,
         allowed_origins: str | Iterable[str] | None = None,
         allow_query_token: bool | str = True,
         ssl_certfile: str | None = None,
@@ -130,6 +131,10 @@ class WebSocketHandler(logging.Handler):
         generated = not keys
         if generated:
             keys = [_auth.generate_key()]
+        clients: int = _number("max_clients", max_clients, int, 0)
+        per_key: int = clients
+        if max_clients_per_key not in (None, ""):
+            per_key = _number("max_clients_per_key", max_clients_per_key, int, 1)
         options = ServerOptions(
             host=str(host),
             port=_port(port),
@@ -139,7 +144,8 @@ class WebSocketHandler(logging.Handler):
             client_queue_size=_number("client_queue_size", client_queue_size, int, 1),
             slow_client=policy,
             heartbeat=_number("heartbeat", heartbeat, float, 0.01),
-            max_clients=_number("max_clients", max_clients, int, 0),
+            max_clients=clients,
+            max_clients_per_key=per_key,
             allowed_origins=_origins(allowed_origins),
             allow_query_token=_bool("allow_query_token", allow_query_token),
             ssl_certfile=ssl_certfile or None,
@@ -200,6 +206,15 @@ class WebSocketHandler(logging.Handler):
     def records_dropped(self) -> int:
         """Records that never reached the server: queue full, handler failed or closed."""
         return self._dropped
+
+    def set_api_keys(self, api_keys: str | Iterable[str]) -> None:
+        """Accept ``api_keys`` (a list, or one comma-separated string) instead of the keys
+        configured so far; thread-safe. On return, requests with any other key are refused;
+        streams opened with a key no longer accepted (or with a ticket issued for one) are
+        closed soon after: WebSockets with 4401, SSE streams ended. Raises ``ValueError`` for
+        no keys and ``TypeError`` for keys that are not strings, leaving the keys unchanged.
+        """
+        self._server.set_keys(tuple(_auth.parse_keys(api_keys)))
 
     def _count_drop(self) -> None:
         with self._drop_lock:
