@@ -152,6 +152,96 @@ async def test_disallowed_origin_is_refused(
     await ws.close()
 
 
+class _Capture(logging.Handler):
+    """Keeps every record it gets, formatted with its traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+async def test_credentials_never_reach_any_output(
+    configure: Configure, session: aiohttp.ClientSession, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Keys and tickets, right or wrong, in headers or URLs, through failed handshakes, bad
+    requests and throttling, appear in no log record of any logger (aiohttp's and asyncio's
+    at DEBUG, the server's loop in debug mode), on neither stdout nor stderr, and in no error
+    the server sends."""
+    good, wrong = "good-key-7f3a9c", "wrong-key-5d1e8b"
+    handler = configure(api_keys=[good])
+    capture = _Capture()
+    logging.getLogger().addHandler(capture)
+    for name in ("aiohttp", "asyncio", "wslogging"):
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    loop = handler._server._loop
+    assert loop is not None
+    loop.call_soon_threadsafe(loop.set_debug, True)
+    async with session.post(f"{handler.url}/api/ticket", headers=_bearer(good)) as response:
+        ticket = (await response.json())["ticket"]
+    sent: list[bytes] = []
+    base = handler.url
+    for url in (
+        f"{base}/ws/logs?access_token={wrong}",
+        f"{base}/ws/logs?ticket={ticket}",  # used once here, refused the second time
+        f"{base}/ws/logs?ticket={ticket}",
+        f"{base}/ws/logs?ticket={wrong}",
+    ):
+        async with session.ws_connect(url) as ws:
+            message = await ws.receive(timeout=TIMEOUT)
+            sent.append(str((message.data, message.extra)).encode())
+    for url, headers in (
+        (f"{base}/api/logs?access_token={wrong}", {}),
+        (f"{base}/api/logs?ticket={wrong}&since=x", {}),
+        (f"{base}/api/stats", _bearer(wrong)),
+        (f"{base}/api/logs?access_token={good}&level=nonsense", {}),
+        (f"{base}/api/logs?since=nonsense", _bearer(good)),
+        (f"{base}/api/get-logs-stream?access_token={good}&limit=nonsense", {}),
+        (f"{base}/ws/logs?access_token={good}&client_id={'c' * 200}", {}),
+    ):
+        async with session.get(url, headers=headers) as response:
+            sent.append(await response.read())
+    ws = await session.ws_connect(f"{base}/ws/logs?access_token={good}")
+    await ws.send_str('{"type": "ack", "id": "nonsense"}')
+    await ws.send_str('{"type": "subscribe", "filter": {"level": "nonsense"}}')
+    await ws.send_str("nonsense")
+    for _ in range(4):
+        sent.append(str((await ws.receive(timeout=TIMEOUT)).data).encode())
+    await ws.close()
+    sent.append(
+        await asyncio.to_thread(
+            _raw_http,
+            handler,
+            f"GET /api/logs?access_token={good} HTTP/1.1\r\nHost: evil.example\r\n\r\n".encode(),
+        )
+    )
+    for request in (
+        f"GET /api/logs?access_token={good} HTTP/1.1\r\nHost 127.0.0.1\r\n\r\n",
+        f"GET /api/logs?access_token={good}\x00 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        f"GET /api/logs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {wrong}\x7f\r\n\r\n",
+    ):
+        # Requests aiohttp cannot parse: its 400 may quote the request line back to the
+        # sender on the same connection, but nothing of it is logged.
+        answer = await asyncio.to_thread(_raw_http, handler, request.encode())
+        assert answer.startswith((b"HTTP/1.0 400", b"HTTP/1.1 400")), answer
+    for _ in range(40):  # into the 429s
+        async with session.get(f"{base}/api/stats", headers=_bearer(wrong)) as response:
+            sent.append(await response.read())
+    assert 429 == response.status
+    async with session.get(f"{base}/healthz") as response:  # the server is still serving
+        assert 200 == response.status
+
+    written = capfd.readouterr()
+    outputs = [*capture.lines, written.out, written.err, *(b.decode("latin-1") for b in sent)]
+    for secret in (good, wrong, ticket):
+        assert [] == [text for text in outputs if secret in text]
+    # The requests aiohttp could not parse were logged, at DEBUG, by the class of error only.
+    assert 3 == sum("wslogging.http DEBUG Error handling request" in x for x in capture.lines)
+
+
 # -- the WebSocket stream ----------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from . import _auth
 from ._filters import parse_level
 from ._hub import SlowClientPolicy
+from ._redact import RedactingFilter
 from ._wire import LogEntry, default_message, json_safe, render_record
 from .server import LogServer, ServerOptions
 
@@ -222,6 +223,18 @@ class WebSocketHandler(logging.Handler):
 
     # -- the logging path -----------------------------------------------------------------
 
+    def filter(self, record: logging.LogRecord) -> logging.LogRecord | bool:  # type: ignore[override]
+        """The handler's filters, with Python 3.12's rule on every version: a filter may
+        return a record to use in place of the one it was given (as
+        :class:`~wslogging.RedactingFilter` does). The record to emit, or ``False``."""
+        for flt in self.filters:
+            result = flt.filter(record) if hasattr(flt, "filter") else flt(record)
+            if not result:
+                return False
+            if isinstance(result, logging.LogRecord):
+                record = result
+        return record
+
     def handle(self, record: logging.LogRecord) -> bool:
         """Filter and emit without the handler lock: :meth:`emit` is thread-safe, and taking
         the lock would let one logging thread wait on another (or on :meth:`close`)."""
@@ -302,6 +315,11 @@ class WebSocketHandler(logging.Handler):
     ) -> None:
         """Send one message to this handler's clients, bypassing loggers and filters."""
         levelno = parse_level(level)  # a FilterError, which is a ValueError, if unknown
+        safe_fields = json_safe(fields)
+        for flt in self.filters:  # no filter applies, but a redaction does
+            if isinstance(flt, RedactingFilter):
+                message = flt.redact_text(str(message))
+                safe_fields = flt.redact_value(safe_fields)
         self.enqueue(
             LogEntry(
                 log=str(message),
@@ -310,7 +328,7 @@ class WebSocketHandler(logging.Handler):
                 logger="broadcast",
                 category=category or "broadcast",
                 created=time.time(),
-                fields=json_safe(fields),
+                fields=safe_fields,
             )
         )
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import janus
 from aiohttp import WSMsgType, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from . import _wire
 from ._auth import (
@@ -51,6 +52,7 @@ from ._protocol import (
     Subscribe,
     parse_client_message,
 )
+from ._redact import DEFAULT_FIELDS, RedactingFilter
 from ._version import __version__
 
 # Routes anyone may reach; every other one needs a key.
@@ -78,6 +80,35 @@ _KEY_ID: Any = (
 )
 # The close code and reason of a stream whose key was removed (SPEC §3's code for a bad key).
 REVOKED = (4401, "API key revoked")
+
+
+class _HttpLogScrubber(logging.Filter):
+    """Keeps credentials out of what aiohttp's request handler logs (on :data:`_http_log`).
+
+    aiohttp logs a request it cannot parse at ERROR with its raw request line, which may hold
+    a key or a ticket, and anyone who can connect can send one: such a record becomes DEBUG
+    and names the error's class only. Any other record (a bug of ours) keeps its traceback,
+    with every credential in it masked. Changes the record in place: it is aiohttp's own,
+    made for this call, and no handler has seen it yet.
+    """
+
+    _redactor = RedactingFilter(fields=(*DEFAULT_FIELDS, "ticket"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            detail = f": {type(error).__name__} (HTTP {error.code})"
+            record.msg = str(record.msg) + detail.replace("%", "%%")
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        else:
+            record.__dict__.update(self._redactor.filter(record).__dict__)
+        return True
+
+
+# The logger aiohttp's request handler uses: ours, so never streamed, and scrubbed.
+_http_log = logging.getLogger("wslogging.http")
+_http_log.addFilter(_HttpLogScrubber())
 
 
 class ServerState(enum.Enum):
@@ -347,11 +378,16 @@ class LogServer:
         app.router.add_get("/api/get-logs-stream", self._sse)
         app.router.add_get("/ws/logs", self._ws)
         app.router.add_post("/api/ticket", self._ticket)
-        # access_log=None: an access line could carry a credential, and must never be streamed.
+        # access_log=None: an access line could carry a credential, and must never be streamed;
+        # logger=_http_log, for the same reason (see _HttpLogScrubber).
         # handler_cancellation: a client that disconnects ends its handler (and frees its
         # slot) at once, rather than at the next write.
         self._runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True
+            app,
+            access_log=None,
+            logger=_http_log,
+            shutdown_timeout=1.0,
+            handler_cancellation=True,
         )
         await self._runner.setup()
         self._site = web.SockSite(self._runner, sock, ssl_context=ssl_context)
