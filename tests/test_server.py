@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 from collections.abc import Callable
 
 import aiohttp
@@ -17,6 +16,7 @@ from conftest import (
     TIMEOUT,
     async_wait_until,
     connect,
+    raw_http,
     read_sse,
     receive_json,
     receive_logs,
@@ -24,6 +24,7 @@ from conftest import (
 from openapi_spec_validator import validate
 
 import wslogging
+from wslogging.server import _HANDSHAKE_HEADERS
 
 log = logging.getLogger("app.worker")
 Configure = Callable[..., wslogging.WebSocketHandler]
@@ -96,15 +97,7 @@ async def test_healthz_needs_no_key(
 
 
 def _raw_http(handler: wslogging.WebSocketHandler, request: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", handler.port), timeout=TIMEOUT) as sock:
-        sock.sendall(request)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    return data
+    return raw_http(handler.port, request)
 
 
 def test_non_ascii_key_is_401_not_500(handler: wslogging.WebSocketHandler) -> None:
@@ -184,6 +177,11 @@ async def test_credentials_never_reach_any_output(
         ticket = (await response.json())["ticket"]
     sent: list[bytes] = []
     base = handler.url
+    # Browsers often carry a token as a WebSocket subprotocol; aiohttp warns, quoting it.
+    async with session.ws_connect(
+        f"{base}/ws/logs?access_token={good}", protocols=("bearer", good)
+    ) as ws:
+        assert "hello" == (await receive_json(ws))["type"]
     for url in (
         f"{base}/ws/logs?access_token={wrong}",
         f"{base}/ws/logs?ticket={ticket}",  # used once here, refused the second time
@@ -240,6 +238,27 @@ async def test_credentials_never_reach_any_output(
         assert [] == [text for text in outputs if secret in text]
     # The requests aiohttp could not parse were logged, at DEBUG, by the class of error only.
     assert 3 == sum("wslogging.http DEBUG Error handling request" in x for x in capture.lines)
+
+
+@pytest.mark.parametrize("name", _HANDSHAKE_HEADERS)
+def test_handshake_header_with_bytes_beyond_ascii_is_400(
+    handler: wslogging.WebSocketHandler, name: str
+) -> None:
+    """A WebSocket handshake header holding bytes beyond ASCII gets 400 naming it (aiohttp
+    alone would answer 500 and log a traceback)."""
+    headers = {
+        "Host": "127.0.0.1",
+        "Authorization": f"Bearer {KEY}",
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+        name: "a\xff\xfeb",
+    }
+    request = "GET /ws/logs HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    answer = _raw_http(handler, (request + "Connection: close\r\n\r\n").encode("latin-1"))
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert f'"detail": "{name} must be ASCII"'.encode() in answer
 
 
 # -- the WebSocket stream ----------------------------------------------------------------------

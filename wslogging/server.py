@@ -52,7 +52,7 @@ from ._protocol import (
     Subscribe,
     parse_client_message,
 )
-from ._redact import DEFAULT_FIELDS, RedactingFilter
+from ._redact import DEFAULT_FIELDS, DEFAULT_MASK, RedactingFilter
 from ._version import __version__
 
 # Routes anyone may reach; every other one needs a key.
@@ -73,6 +73,15 @@ PAGE_DEFAULT = 1000
 PAGE_MAX = 10000
 # The ``retry:`` an SSE stream starts with: how long a browser waits before reconnecting.
 SSE_RETRY_MS = 2000
+# The headers of a WebSocket handshake that aiohttp reads; their values must be ASCII.
+_HANDSHAKE_HEADERS = (
+    "Upgrade",
+    "Connection",
+    "Sec-WebSocket-Key",
+    "Sec-WebSocket-Version",
+    "Sec-WebSocket-Protocol",
+    "Sec-WebSocket-Extensions",
+)
 # Where an authenticated request keeps the KeyId of the key it came with (a typed key from
 # aiohttp 3.14 on, which warns about plain string keys; a string before it).
 _KEY_ID: Any = (
@@ -109,6 +118,23 @@ class _HttpLogScrubber(logging.Filter):
 # The logger aiohttp's request handler uses: ours, so never streamed, and scrubbed.
 _http_log = logging.getLogger("wslogging.http")
 _http_log.addFilter(_HttpLogScrubber())
+
+
+class _HandshakeLogScrubber(logging.Filter):
+    """On aiohttp's WebSocket logger, for records of a wslogging server's thread only (the
+    program may use aiohttp itself): aiohttp warns when a handshake's
+    ``Sec-WebSocket-Protocol`` names nothing the server speaks, quoting it, and browsers often
+    carry a token there. Such a record becomes DEBUG, its arguments masked."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if any(server.thread_id == record.thread for server in list(_servers)):
+            if isinstance(record.args, tuple):
+                record.args = tuple(DEFAULT_MASK for _ in record.args)
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+logging.getLogger("aiohttp.websocket").addFilter(_HandshakeLogScrubber())
 
 
 class ServerState(enum.Enum):
@@ -646,6 +672,10 @@ class LogServer:
         allowed = self.options.allowed_origins
         if allowed is not None and origin is not None and origin not in allowed:
             return _error(403, "forbidden", "Origin not allowed")
+        for name in _HANDSHAKE_HEADERS:
+            if not all(value.isascii() for value in request.headers.getall(name, ())):
+                # aiohttp fails on these with a 500 and a traceback, not a 400.
+                return _bad_request(f"{name} must be ASCII")
         problem = self._authenticate(request)
         client = None
         if problem is None:
@@ -672,6 +702,8 @@ class LogServer:
                 await ws.close(code=4401, message=str(problem).encode())
             else:
                 await self._ws_session(ws, client, self._track(request, client))
+        except ConnectionError:
+            pass  # the peer left during the handshake: nobody to answer (nor to log about)
         finally:
             if client is not None:
                 client.closed()
