@@ -938,3 +938,22 @@ async def test_bad_new_keys_change_nothing(
     log.info("still here")
     assert ["still here"] == [r["log"] for r in await receive_logs(ws, 1)]
     await ws.close()
+
+
+async def test_oversized_messages_are_refused(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """A message over 64 KiB gets an error frame and the connection stays; one over aiohttp's
+    1 MiB frame limit closes it with 1009, and the server is none the worse."""
+    ws = await connect(session, handler)
+    await ws.send_str("x" * (64 * 1024 + 1))
+    await ws.send_str('{"type": "ping"}')
+    assert [("error", "message over 65536 bytes"), ("pong", None)] == [
+        (frame["type"], frame.get("detail")) for frame in [await receive_json(ws) for _ in "ab"]
+    ]
+    await ws.send_str("x" * (2 * 1024 * 1024))
+    message = await ws.receive(timeout=TIMEOUT)
+    assert (aiohttp.WSMsgType.CLOSE, 1009) == (message.type, message.data)
+    await async_wait_until(lambda: handler._server.hub.stats()["clients"] == 0)
+    other = await connect(session, handler)
+    await other.close()
