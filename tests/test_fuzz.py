@@ -262,6 +262,9 @@ def test_fuzzed_websocket_messages(
                     websockets.sync.client.connect(
                         f"ws://127.0.0.1:{handler.port}/ws/logs?client_id=fuzz",
                         additional_headers=AUTH,
+                        # Unbounded: with a full queue, the client would stop reading and
+                        # miss the server's close, and a send would wait out close_timeout.
+                        max_queue=None,
                     )
                 )
             )
