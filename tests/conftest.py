@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import logging.config
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -157,3 +158,20 @@ async def read_sse(response: aiohttp.ClientResponse) -> list[dict[str, str]]:
         if "data" in event:
             events.append(event)
     return events
+
+
+def raw_http(port: int, request: bytes, *, end_writing: bool = False) -> bytes:
+    """Send ``request`` as is on a fresh connection and read the answer's head (``b""`` if
+    the server closed without one). ``end_writing`` ends our side after the request, so that
+    a server waiting for more (a body announced, never sent) is not left waiting."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(request)
+        if end_writing:
+            sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return data

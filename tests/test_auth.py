@@ -117,6 +117,25 @@ def test_check_lone_surrogates_never_raise(presented: str) -> None:
     assert False is KeyRing(["ascii-key"]).check(presented)
 
 
+def test_match_names_the_key_without_being_it() -> None:
+    """match() gives an id per key, the same for the same key, never the key itself."""
+    ring = KeyRing(["alpha", "beta"])
+    alpha, beta = ring.match("alpha"), ring.match("beta")
+    assert (True, True, None) == (
+        alpha != beta,
+        alpha == KeyRing(["alpha"]).match("alpha"),
+        ring.match("x"),
+    )
+    assert alpha is not None
+    assert b"alpha" not in alpha
+
+
+def test_ring_knows_its_key_ids() -> None:
+    """A key id is in the ring that holds its key, and not in one that does not."""
+    key_id = KeyRing(["alpha"]).match("alpha")
+    assert (True, False) == (key_id in KeyRing(["beta", "alpha"]), key_id in KeyRing(["beta"]))
+
+
 @pytest.mark.parametrize("keys", [[], ["", "  "]])
 def test_keyring_without_keys_raises(keys: list[str]) -> None:
     """A key ring needs at least one key."""
@@ -223,29 +242,29 @@ def test_throttle_tracks_a_bounded_number_of_addresses() -> None:
 
 
 def test_ticket_is_single_use() -> None:
-    """A ticket is good once."""
+    """A ticket is good once, and stands for the key it was issued with."""
     book = TicketBook(lifetime=30.0)
-    ticket = book.issue(0.0)
-    assert (True, False) == (book.redeem(ticket, 1.0), book.redeem(ticket, 1.0))
+    ticket = book.issue(0.0, b"key-1")
+    assert (b"key-1", None) == (book.redeem(ticket, 1.0), book.redeem(ticket, 1.0))
 
 
 def test_ticket_expires() -> None:
     """A ticket is refused once its lifetime has passed, and is used up by the attempt."""
     book = TicketBook(lifetime=30.0)
-    ticket = book.issue(0.0)
-    assert False is book.redeem(ticket, 30.0)
+    ticket = book.issue(0.0, b"key-1")
+    assert None is book.redeem(ticket, 30.0)
 
 
 def test_unknown_ticket_is_refused() -> None:
     """A ticket never issued is refused."""
-    assert False is TicketBook().redeem("made-up", 0.0)
+    assert None is TicketBook().redeem("made-up", 0.0)
 
 
 def test_tickets_are_bounded() -> None:
     """Beyond max_tickets the oldest outstanding ticket is forgotten."""
     book = TicketBook(lifetime=30.0, max_tickets=2)
-    first, second, third = (book.issue(0.0) for _ in range(3))
-    assert (False, True, True) == (
+    first, second, third = (book.issue(0.0, b"k") for _ in range(3))
+    assert (None, b"k", b"k") == (
         book.redeem(first, 1.0),
         book.redeem(second, 1.0),
         book.redeem(third, 1.0),

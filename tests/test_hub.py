@@ -413,3 +413,15 @@ async def test_control_replies_are_bounded() -> None:
     client.send_control({"type": "pong"})
     assert (ClientState.FINISHING, 1008) == (client.state, client.close_code)
     assert client not in hub.clients
+
+
+async def test_clients_are_counted_per_key() -> None:
+    """Each key's clients are counted from connect until they are gone, however often the
+    connection reports it."""
+    hub = make_hub()
+    first, second = hub.connect(Filter(), None, key=b"a"), hub.connect(Filter(), None, key=b"a")
+    hub.connect(Filter(), None, key=b"b")
+    first.closed()
+    first.closed()
+    second.kick(1008, "gone")
+    assert (0, 1, 0) == (hub.clients_of(b"a"), hub.clients_of(b"b"), hub.clients_of(b"c"))

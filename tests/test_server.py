@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 from collections.abc import Callable
 
 import aiohttp
@@ -17,6 +16,7 @@ from conftest import (
     TIMEOUT,
     async_wait_until,
     connect,
+    raw_http,
     read_sse,
     receive_json,
     receive_logs,
@@ -24,6 +24,7 @@ from conftest import (
 from openapi_spec_validator import validate
 
 import wslogging
+from wslogging.server import _HANDSHAKE_HEADERS
 
 log = logging.getLogger("app.worker")
 Configure = Callable[..., wslogging.WebSocketHandler]
@@ -96,15 +97,7 @@ async def test_healthz_needs_no_key(
 
 
 def _raw_http(handler: wslogging.WebSocketHandler, request: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", handler.port), timeout=TIMEOUT) as sock:
-        sock.sendall(request)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    return data
+    return raw_http(handler.port, request)
 
 
 def test_non_ascii_key_is_401_not_500(handler: wslogging.WebSocketHandler) -> None:
@@ -150,6 +143,122 @@ async def test_disallowed_origin_is_refused(
     )
     assert "hello" == (await receive_json(ws))["type"]
     await ws.close()
+
+
+class _Capture(logging.Handler):
+    """Keeps every record it gets, formatted with its traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+async def test_credentials_never_reach_any_output(
+    configure: Configure, session: aiohttp.ClientSession, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Keys and tickets, right or wrong, in headers or URLs, through failed handshakes, bad
+    requests and throttling, appear in no log record of any logger (aiohttp's and asyncio's
+    at DEBUG, the server's loop in debug mode), on neither stdout nor stderr, and in no error
+    the server sends."""
+    good, wrong = "good-key-7f3a9c", "wrong-key-5d1e8b"
+    handler = configure(api_keys=[good])
+    capture = _Capture()
+    logging.getLogger().addHandler(capture)
+    for name in ("aiohttp", "asyncio", "wslogging"):
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    loop = handler._server._loop
+    assert loop is not None
+    loop.call_soon_threadsafe(loop.set_debug, True)
+    async with session.post(f"{handler.url}/api/ticket", headers=_bearer(good)) as response:
+        ticket = (await response.json())["ticket"]
+    sent: list[bytes] = []
+    base = handler.url
+    # Browsers often carry a token as a WebSocket subprotocol; aiohttp warns, quoting it.
+    async with session.ws_connect(
+        f"{base}/ws/logs?access_token={good}", protocols=("bearer", good)
+    ) as ws:
+        assert "hello" == (await receive_json(ws))["type"]
+    for url in (
+        f"{base}/ws/logs?access_token={wrong}",
+        f"{base}/ws/logs?ticket={ticket}",  # used once here, refused the second time
+        f"{base}/ws/logs?ticket={ticket}",
+        f"{base}/ws/logs?ticket={wrong}",
+    ):
+        async with session.ws_connect(url) as ws:
+            message = await ws.receive(timeout=TIMEOUT)
+            sent.append(str((message.data, message.extra)).encode())
+    for url, headers in (
+        (f"{base}/api/logs?access_token={wrong}", {}),
+        (f"{base}/api/logs?ticket={wrong}&since=x", {}),
+        (f"{base}/api/stats", _bearer(wrong)),
+        (f"{base}/api/logs?access_token={good}&level=nonsense", {}),
+        (f"{base}/api/logs?since=nonsense", _bearer(good)),
+        (f"{base}/api/get-logs-stream?access_token={good}&limit=nonsense", {}),
+        (f"{base}/ws/logs?access_token={good}&client_id={'c' * 200}", {}),
+    ):
+        async with session.get(url, headers=headers) as response:
+            sent.append(await response.read())
+    ws = await session.ws_connect(f"{base}/ws/logs?access_token={good}")
+    await ws.send_str('{"type": "ack", "id": "nonsense"}')
+    await ws.send_str('{"type": "subscribe", "filter": {"level": "nonsense"}}')
+    await ws.send_str("nonsense")
+    for _ in range(4):
+        sent.append(str((await ws.receive(timeout=TIMEOUT)).data).encode())
+    await ws.close()
+    sent.append(
+        await asyncio.to_thread(
+            _raw_http,
+            handler,
+            f"GET /api/logs?access_token={good} HTTP/1.1\r\nHost: evil.example\r\n\r\n".encode(),
+        )
+    )
+    for request in (
+        f"GET /api/logs?access_token={good} HTTP/1.1\r\nHost 127.0.0.1\r\n\r\n",
+        f"GET /api/logs?access_token={good}\x00 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        f"GET /api/logs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {wrong}\x7f\r\n\r\n",
+    ):
+        # Requests aiohttp cannot parse: its 400 may quote the request line back to the
+        # sender on the same connection, but nothing of it is logged.
+        answer = await asyncio.to_thread(_raw_http, handler, request.encode())
+        assert answer.startswith((b"HTTP/1.0 400", b"HTTP/1.1 400")), answer
+    for _ in range(40):  # into the 429s
+        async with session.get(f"{base}/api/stats", headers=_bearer(wrong)) as response:
+            sent.append(await response.read())
+    assert 429 == response.status
+    async with session.get(f"{base}/healthz") as response:  # the server is still serving
+        assert 200 == response.status
+
+    written = capfd.readouterr()
+    outputs = [*capture.lines, written.out, written.err, *(b.decode("latin-1") for b in sent)]
+    for secret in (good, wrong, ticket):
+        assert [] == [text for text in outputs if secret in text]
+    # The requests aiohttp could not parse were logged, at DEBUG, by the class of error only.
+    assert 3 == sum("wslogging.http DEBUG Error handling request" in x for x in capture.lines)
+
+
+@pytest.mark.parametrize("name", _HANDSHAKE_HEADERS)
+def test_handshake_header_with_bytes_beyond_ascii_is_400(
+    handler: wslogging.WebSocketHandler, name: str
+) -> None:
+    """A WebSocket handshake header holding bytes beyond ASCII gets 400 naming it (aiohttp
+    alone would answer 500 and log a traceback)."""
+    headers = {
+        "Host": "127.0.0.1",
+        "Authorization": f"Bearer {KEY}",
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+        name: "a\xff\xfeb",
+    }
+    request = "GET /ws/logs HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    answer = _raw_http(handler, (request + "Connection: close\r\n\r\n").encode("latin-1"))
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert f'"detail": "{name} must be ASCII"'.encode() in answer
 
 
 # -- the WebSocket stream ----------------------------------------------------------------------
@@ -726,3 +835,125 @@ async def test_records_of_every_frame_size_arrive_intact(
         received = [json.loads(await asyncio.wait_for(other.recv(), TIMEOUT)) for _ in range(3)]
         assert expected == [r["log"] for r in received]
     await ws.close()
+
+
+# -- per-key caps and keys changed at run time -------------------------------------------------
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def test_streams_per_key_are_capped(
+    configure: Configure, session: aiohttp.ClientSession
+) -> None:
+    """With max_clients_per_key, a key's streams beyond it get 503 (a WebSocket before the
+    upgrade), tickets counting for the key that got them; other keys are unaffected."""
+    handler = configure(api_keys=["a", "b"], max_clients_per_key=2)
+    ws = await session.ws_connect(f"{handler.url}/ws/logs", headers=_bearer("a"))
+    sse = await session.get(f"{handler.url}/api/get-logs-stream", headers=_bearer("a"))
+    assert 200 == sse.status
+    with pytest.raises(aiohttp.WSServerHandshakeError) as excinfo:
+        await session.ws_connect(f"{handler.url}/ws/logs", headers=_bearer("a"))
+    assert 503 == excinfo.value.status
+    async with session.post(f"{handler.url}/api/ticket", headers=_bearer("a")) as response:
+        ticket = (await response.json())["ticket"]
+    url = f"{handler.url}/api/get-logs-stream?ticket={ticket}"
+    async with session.get(url) as response:
+        assert (503, {"error": "unavailable", "detail": "too many streams for this API key"}) == (
+            response.status,
+            await response.json(),
+        )
+    other = await session.ws_connect(f"{handler.url}/ws/logs", headers=_bearer("b"))
+    assert "hello" == (await receive_json(other))["type"]
+    sse.close()
+    await async_wait_until(lambda: handler._server.hub.clients_of(key_id(handler, "a")) == 1)
+    again = await session.ws_connect(f"{handler.url}/ws/logs", headers=_bearer("a"))
+    assert "hello" == (await receive_json(again))["type"]
+    for socket_ in (ws, other, again):
+        await socket_.close()
+
+
+def key_id(handler: wslogging.WebSocketHandler, key: str) -> bytes | None:
+    """The id under which the server counts ``key``'s streams."""
+    return handler._server._keys.match(key)
+
+
+async def test_removed_key_closes_its_streams_4401(
+    configure: Configure, session: aiohttp.ClientSession
+) -> None:
+    """set_api_keys() closes the WebSockets opened with a removed key (or with a ticket it
+    got) with 4401 and ends its SSE streams; other keys' streams go on, and the removed key
+    and its unused tickets are refused from then on."""
+    handler = configure(api_keys=["old", "kept"])
+    tickets = []
+    for _ in range(2):
+        async with session.post(f"{handler.url}/api/ticket", headers=_bearer("old")) as response:
+            tickets.append((await response.json())["ticket"])
+    by_key = await session.ws_connect(f"{handler.url}/ws/logs", headers=_bearer("old"))
+    by_ticket = await session.ws_connect(f"{handler.url}/ws/logs?ticket={tickets[0]}")
+    sse = await session.get(f"{handler.url}/api/get-logs-stream", headers=_bearer("old"))
+    kept = await session.ws_connect(f"{handler.url}/ws/logs", headers=_bearer("kept"))
+    for ws in (by_key, by_ticket, kept):
+        assert "hello" == (await receive_json(ws))["type"]
+
+    handler.set_api_keys("kept, new")
+
+    for ws in (by_key, by_ticket):
+        message = await ws.receive(timeout=TIMEOUT)
+        while message.type is aiohttp.WSMsgType.TEXT:
+            message = await ws.receive(timeout=TIMEOUT)
+        assert (aiohttp.WSMsgType.CLOSE, 4401, "API key revoked") == (
+            message.type,
+            message.data,
+            message.extra,
+        )
+    await asyncio.wait_for(sse.read(), TIMEOUT)  # returns only because the stream ended
+    log.info("after the change")
+    assert ["after the change"] == [r["log"] for r in await receive_logs(kept, 1)]
+    async with session.get(f"{handler.url}/api/stats", headers=_bearer("old")) as response:
+        assert 401 == response.status
+    async with session.get(f"{handler.url}/api/logs?ticket={tickets[1]}") as response:
+        assert 401 == response.status
+    await async_wait_until(lambda: handler._server.hub.stats()["clients"] == 1)
+    async with session.get(f"{handler.url}/api/stats", headers=_bearer("new")) as response:
+        assert 200 == response.status
+    await kept.close()
+
+
+@pytest.mark.parametrize(
+    ("keys", "error"), [([], ValueError), (" , ", ValueError), (["ok", 7], TypeError)]
+)
+async def test_bad_new_keys_change_nothing(
+    handler: wslogging.WebSocketHandler,
+    session: aiohttp.ClientSession,
+    keys: object,
+    error: type[Exception],
+) -> None:
+    """set_api_keys() with no keys, or keys that are not strings, raises and keeps the old
+    keys and their streams."""
+    ws = await connect(session, handler)
+    with pytest.raises(error):
+        handler.set_api_keys(keys)  # type: ignore[arg-type]
+    log.info("still here")
+    assert ["still here"] == [r["log"] for r in await receive_logs(ws, 1)]
+    await ws.close()
+
+
+async def test_oversized_messages_are_refused(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """A message over 64 KiB gets an error frame and the connection stays; one over aiohttp's
+    1 MiB frame limit closes it with 1009, and the server is none the worse."""
+    ws = await connect(session, handler)
+    await ws.send_str("x" * (64 * 1024 + 1))
+    await ws.send_str('{"type": "ping"}')
+    assert [("error", "message over 65536 bytes"), ("pong", None)] == [
+        (frame["type"], frame.get("detail")) for frame in [await receive_json(ws) for _ in "ab"]
+    ]
+    await ws.send_str("x" * (2 * 1024 * 1024))
+    message = await ws.receive(timeout=TIMEOUT)
+    assert (aiohttp.WSMsgType.CLOSE, 1009) == (message.type, message.data)
+    await async_wait_until(lambda: handler._server.hub.stats()["clients"] == 0)
+    other = await connect(session, handler)
+    await other.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import secrets
@@ -9,6 +10,10 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 V = TypeVar("V")
+
+# Names one configured key without being it (a digest): what connections and tickets remember
+# of the key that opened them, to count them per key and to close them when it is removed.
+KeyId = bytes
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 
@@ -60,15 +65,25 @@ class KeyRing:
         self._keys = [_as_bytes(k) for k in keys]
         if not self._keys:
             raise ValueError("at least one API key is required")
+        self._ids = [hashlib.sha256(k).digest() for k in self._keys]
+
+    def match(self, presented: str) -> KeyId | None:
+        """The :data:`KeyId` of the key ``presented`` is, or ``None``. Compares with every
+        key, so the time taken tells nothing about which key (or how much of one) matched."""
+        candidate = _as_bytes(presented)
+        found = None
+        for key, key_id in zip(self._keys, self._ids, strict=True):
+            if hmac.compare_digest(candidate, key):
+                found = key_id
+        return found
 
     def check(self, presented: str) -> bool:
-        """Whether ``presented`` is one of the keys. Compares with every key, so the time
-        taken tells nothing about which key (or how much of one) matched."""
-        candidate = _as_bytes(presented)
-        ok = False
-        for key in self._keys:
-            ok |= hmac.compare_digest(candidate, key)
-        return ok
+        """Whether ``presented`` is one of the keys (see :meth:`match`)."""
+        return self.match(presented) is not None
+
+    def __contains__(self, key_id: object) -> bool:
+        """Whether the key named by ``key_id`` is (still) one of the keys."""
+        return key_id in self._ids
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -144,23 +159,25 @@ class FailureThrottle:
 class TicketBook:
     """Single-use tickets that stand in for the key in a URL (SPEC §3).
 
-    A ticket is valid once, for ``lifetime`` seconds. Bounded: at most ``max_tickets``
-    outstanding; when full, expired ones are forgotten first, then the oldest.
+    A ticket is valid once, for ``lifetime`` seconds, and stands for the key it was issued
+    with. Bounded: at most ``max_tickets`` outstanding; when full, expired ones are forgotten
+    first, then the oldest.
     """
 
     def __init__(self, lifetime: float = 30.0, max_tickets: int = 10000) -> None:
         self.lifetime = lifetime
         self.max_tickets = max_tickets
-        self._expiry: dict[str, float] = {}
+        self._issued: dict[str, tuple[float, KeyId]] = {}
 
-    def issue(self, now: float) -> str:
-        """A new ticket, valid until ``now + lifetime``."""
-        _make_room(self._expiry, lambda expiry: expiry <= now, self.max_tickets)
+    def issue(self, now: float, key_id: KeyId) -> str:
+        """A new ticket for the key ``key_id``, valid until ``now + lifetime``."""
+        _make_room(self._issued, lambda issued: issued[0] <= now, self.max_tickets)
         ticket = secrets.token_urlsafe(24)
-        self._expiry[ticket] = now + self.lifetime
+        self._issued[ticket] = (now + self.lifetime, key_id)
         return ticket
 
-    def redeem(self, ticket: str, now: float) -> bool:
-        """Whether ``ticket`` is valid now; it is used up either way."""
-        expiry = self._expiry.pop(ticket, None)
-        return expiry is not None and now < expiry
+    def redeem(self, ticket: str, now: float) -> KeyId | None:
+        """The key ``ticket`` was issued for, if it is valid now, else ``None``; it is used up
+        either way."""
+        issued = self._issued.pop(ticket, None)
+        return issued[1] if issued is not None and now < issued[0] else None

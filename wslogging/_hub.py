@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -90,6 +90,8 @@ class Client:
         self.dropped = 0
         # Names the client across reconnections, for acknowledgments (WebSocket only).
         self.client_id: str | None = None
+        # Names the API key the client came with (see _auth.KeyId); None when not known.
+        self.key: bytes | None = None
         # Called (once) when the client must go at once; the connection sets it.
         self.abort: Callable[[], None] | None = None
         # WebSocket liveness, kept by the connection's writer.
@@ -213,7 +215,8 @@ class Hub:
     """History plus clients: accepts records in order and fans each out without awaiting.
 
     Bounded: history holds ``history`` records; each client at most ``client_queue_size``;
-    at most ``max_clients`` clients (the server refuses more with 503).
+    at most ``max_clients`` clients (the server refuses more with 503), and the server lets
+    each key hold a bounded number of them (see :meth:`clients_of`).
     """
 
     def __init__(
@@ -229,6 +232,7 @@ class Hub:
         self.slow_client = slow_client
         self.max_clients = max_clients
         self.clients: set[Client] = set()
+        self._per_key: Counter[bytes | None] = Counter()
         self.client_drops = 0
         self.records_failed = 0
         self._acks: OrderedDict[str, int] = OrderedDict()
@@ -242,18 +246,28 @@ class Hub:
     def full(self) -> bool:
         return len(self.clients) >= self.max_clients
 
+    def clients_of(self, key: bytes | None) -> int:
+        """How many connected clients came with the key ``key``."""
+        return self._per_key[key]
+
     def connect(
-        self, flt: Filter, since: int | None, greeting: dict[str, Any] | None = None
+        self,
+        flt: Filter,
+        since: int | None,
+        greeting: dict[str, Any] | None = None,
+        key: bytes | None = None,
     ) -> Client:
-        """Register a client; records accepted from now on are queued for it, and those
-        after ``since`` are replayed from history first. It is sent ``greeting`` first, then
-        the gap (if any) in front of the replay."""
+        """Register a client that came with the key ``key``; records accepted from now on are
+        queued for it, and those after ``since`` are replayed from history first. It is sent
+        ``greeting`` first, then the gap (if any) in front of the replay."""
         start, gap = self.history.resume(since)
         first: list[Item] = [greeting] if greeting else []
         if gap is not None:
             first.append(gap)
         client = Client(self, flt, start, first, self.client_queue_size, self.slow_client)
+        client.key = key
         self.clients.add(client)
+        self._per_key[key] += 1
         return client
 
     def ack(self, client_id: str, entry_id: int) -> None:
@@ -272,7 +286,12 @@ class Hub:
         return self._acks.get(client_id)
 
     def detach(self, client: Client) -> None:
-        self.clients.discard(client)
+        """Forget ``client`` (any number of times)."""
+        if client in self.clients:
+            self.clients.remove(client)
+            self._per_key[client.key] -= 1
+            if not self._per_key[client.key]:
+                del self._per_key[client.key]
 
     def accept(self, entry: LogEntry) -> None:
         """Number, encode (once, for everyone) and keep ``entry``, and queue it for every

@@ -4,21 +4,39 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._filters import MAX_TERMS, MAX_TEXT
 from ._version import __version__
+
+_LEVEL_NAMES = ["CRITICAL", "FATAL", "ERROR", "WARNING", "WARN", "INFO", "DEBUG", "NOTSET"]
+# What the server takes as a record id: digits (empty is no id at all).
+_ID_PATTERN = "^[0-9]{0,30}$"
+
+# A repeatable filter parameter.
+_TERMS = {
+    "type": "array",
+    "items": {"type": "string", "maxLength": MAX_TEXT},
+    "maxItems": MAX_TERMS,
+}
 
 _FILTER_PARAMETERS: list[dict[str, Any]] = [
     {
         "name": "level",
         "in": "query",
-        "description": "Minimum level: a name (DEBUG, INFO, WARNING, ERROR, CRITICAL) or a number.",
-        "schema": {"type": "string"},
+        "description": "Minimum level: a name (DEBUG, INFO, WARNING, ERROR, CRITICAL; any "
+        "case) or a number.",
+        "schema": {
+            "anyOf": [
+                {"type": "string", "enum": _LEVEL_NAMES + [n.lower() for n in _LEVEL_NAMES]},
+                {"type": "string", "pattern": "^[0-9]{1,9}$"},
+            ]
+        },
     },
     {
         "name": "logger",
         "in": "query",
         "description": "Logger name prefix, hierarchical: `app` matches `app` and `app.db`. "
         "Repeatable; any one matching is enough.",
-        "schema": {"type": "array", "items": {"type": "string"}},
+        "schema": _TERMS,
         "style": "form",
         "explode": True,
     },
@@ -26,7 +44,7 @@ _FILTER_PARAMETERS: list[dict[str, Any]] = [
         "name": "category",
         "in": "query",
         "description": "Exact category. Repeatable; any one matching is enough.",
-        "schema": {"type": "array", "items": {"type": "string"}},
+        "schema": _TERMS,
         "style": "form",
         "explode": True,
     },
@@ -34,14 +52,14 @@ _FILTER_PARAMETERS: list[dict[str, Any]] = [
         "name": "grep",
         "in": "query",
         "description": "Substring that the formatted message must contain (case-sensitive).",
-        "schema": {"type": "string"},
+        "schema": {"type": "string", "maxLength": MAX_TEXT},
     },
     {
         "name": "since",
         "in": "query",
         "description": "A record id: return only records after it. `0` means everything "
         "still held.",
-        "schema": {"type": "string"},
+        "schema": {"type": "string", "pattern": _ID_PATTERN},
     },
 ]
 
@@ -74,6 +92,27 @@ _GAP: dict[str, Any] = {
     },
 }
 
+# One Server-Sent Event of the stream: a record (default event type), or a gap.
+_SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["message", "gap"]},
+        "id": {"type": "string", "description": "The record's id (records only)."},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "oneOf": [
+                    {"$ref": "#/components/schemas/LogRecord"},
+                    {"$ref": "#/components/schemas/Gap"},
+                ]
+            },
+        },
+        "retry": {"type": "integer"},
+    },
+}
+
 _ERROR: dict[str, Any] = {
     "type": "object",
     "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
@@ -85,7 +124,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         400: "A malformed parameter; `detail` says which.",
         401: "Missing or invalid API key.",
         429: "Too many failed authentications from this address.",
-        503: "Too many clients.",
+        503: "Too many clients, or too many streams for this API key.",
     }
     return {
         str(status): {
@@ -151,25 +190,25 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                             "name": "limit",
                             "in": "query",
                             "description": "End the stream after this many records.",
-                            "schema": {"type": "integer", "minimum": 1},
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 10**9},
                         },
                         {
                             "name": "timeout",
                             "in": "query",
                             "description": "End the stream after this many seconds.",
-                            "schema": {"type": "number", "exclusiveMinimum": 0},
+                            "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 10**9},
                         },
                         {
                             "name": "Last-Event-ID",
                             "in": "header",
                             "description": "Resume after this id (wins over `since`).",
-                            "schema": {"type": "string"},
+                            "schema": {"type": "string", "pattern": _ID_PATTERN},
                         },
                     ],
                     "responses": {
                         "200": {
-                            "description": "The event stream.",
-                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                            "description": "The event stream; the schema is that of one event.",
+                            "content": {"text/event-stream": {"schema": _SSE_EVENT}},
                         },
                         **_errors(400, 401, 429, 503),
                     },

@@ -15,6 +15,7 @@ from typing import Any
 from . import _auth
 from ._filters import parse_level
 from ._hub import SlowClientPolicy
+from ._redact import RedactingFilter
 from ._wire import LogEntry, default_message, json_safe, render_record
 from .server import LogServer, ServerOptions
 
@@ -108,6 +109,7 @@ class WebSocketHandler(logging.Handler):
         slow_client: str = "drop",
         heartbeat: float | str = 15.0,
         max_clients: int | str = 1000,
+        max_clients_per_key: int | str | None = None,
         allowed_origins: str | Iterable[str] | None = None,
         allow_query_token: bool | str = True,
         ssl_certfile: str | None = None,
@@ -130,6 +132,10 @@ class WebSocketHandler(logging.Handler):
         generated = not keys
         if generated:
             keys = [_auth.generate_key()]
+        clients: int = _number("max_clients", max_clients, int, 0)
+        per_key: int = clients
+        if max_clients_per_key not in (None, ""):
+            per_key = _number("max_clients_per_key", max_clients_per_key, int, 1)
         options = ServerOptions(
             host=str(host),
             port=_port(port),
@@ -139,7 +145,8 @@ class WebSocketHandler(logging.Handler):
             client_queue_size=_number("client_queue_size", client_queue_size, int, 1),
             slow_client=policy,
             heartbeat=_number("heartbeat", heartbeat, float, 0.01),
-            max_clients=_number("max_clients", max_clients, int, 0),
+            max_clients=clients,
+            max_clients_per_key=per_key,
             allowed_origins=_origins(allowed_origins),
             allow_query_token=_bool("allow_query_token", allow_query_token),
             ssl_certfile=ssl_certfile or None,
@@ -201,11 +208,32 @@ class WebSocketHandler(logging.Handler):
         """Records that never reached the server: queue full, handler failed or closed."""
         return self._dropped
 
+    def set_api_keys(self, api_keys: str | Iterable[str]) -> None:
+        """Accept ``api_keys`` (a list, or one comma-separated string) instead of the keys
+        configured so far; thread-safe. On return, requests with any other key are refused;
+        streams opened with a key no longer accepted (or with a ticket issued for one) are
+        closed soon after: WebSockets with 4401, SSE streams ended. Raises ``ValueError`` for
+        no keys and ``TypeError`` for keys that are not strings, leaving the keys unchanged.
+        """
+        self._server.set_keys(tuple(_auth.parse_keys(api_keys)))
+
     def _count_drop(self) -> None:
         with self._drop_lock:
             self._dropped += 1
 
     # -- the logging path -----------------------------------------------------------------
+
+    def filter(self, record: logging.LogRecord) -> logging.LogRecord | bool:  # type: ignore[override]
+        """The handler's filters, with Python 3.12's rule on every version: a filter may
+        return a record to use in place of the one it was given (as
+        :class:`~wslogging.RedactingFilter` does). The record to emit, or ``False``."""
+        for flt in self.filters:
+            result = flt.filter(record) if hasattr(flt, "filter") else flt(record)
+            if not result:
+                return False
+            if isinstance(result, logging.LogRecord):
+                record = result
+        return record
 
     def handle(self, record: logging.LogRecord) -> bool:
         """Filter and emit without the handler lock: :meth:`emit` is thread-safe, and taking
@@ -287,6 +315,11 @@ class WebSocketHandler(logging.Handler):
     ) -> None:
         """Send one message to this handler's clients, bypassing loggers and filters."""
         levelno = parse_level(level)  # a FilterError, which is a ValueError, if unknown
+        safe_fields = json_safe(fields)
+        for flt in self.filters:  # no filter applies, but a redaction does
+            if isinstance(flt, RedactingFilter):
+                message = flt.redact_text(str(message))
+                safe_fields = flt.redact_value(safe_fields)
         self.enqueue(
             LogEntry(
                 log=str(message),
@@ -295,7 +328,7 @@ class WebSocketHandler(logging.Handler):
                 logger="broadcast",
                 category=category or "broadcast",
                 created=time.time(),
-                fields=json_safe(fields),
+                fields=safe_fields,
             )
         )
 

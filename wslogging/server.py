@@ -7,6 +7,7 @@ queue); nothing else crosses between the two sides.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import errno
 import fcntl
@@ -27,9 +28,17 @@ from typing import Any
 
 import janus
 from aiohttp import WSMsgType, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from . import _wire
-from ._auth import FailureThrottle, KeyRing, TicketBook, bearer_token, is_loopback_host
+from ._auth import (
+    FailureThrottle,
+    KeyId,
+    KeyRing,
+    TicketBook,
+    bearer_token,
+    is_loopback_host,
+)
 from ._filters import Filter, FilterError, filter_from_query
 from ._history import Gap, SinceError, parse_id
 from ._hub import Client, ClientState, Hub, Item, SendPing, SendPong, SlowClientPolicy
@@ -43,6 +52,7 @@ from ._protocol import (
     Subscribe,
     parse_client_message,
 )
+from ._redact import DEFAULT_FIELDS, DEFAULT_MASK, RedactingFilter
 from ._version import __version__
 
 # Routes anyone may reach; every other one needs a key.
@@ -63,6 +73,68 @@ PAGE_DEFAULT = 1000
 PAGE_MAX = 10000
 # The ``retry:`` an SSE stream starts with: how long a browser waits before reconnecting.
 SSE_RETRY_MS = 2000
+# The headers of a WebSocket handshake that aiohttp reads; their values must be ASCII.
+_HANDSHAKE_HEADERS = (
+    "Upgrade",
+    "Connection",
+    "Sec-WebSocket-Key",
+    "Sec-WebSocket-Version",
+    "Sec-WebSocket-Protocol",
+    "Sec-WebSocket-Extensions",
+)
+# Where an authenticated request keeps the KeyId of the key it came with (a typed key from
+# aiohttp 3.14 on, which warns about plain string keys; a string before it).
+_KEY_ID: Any = (
+    web.RequestKey("wslogging_key_id", bytes) if hasattr(web, "RequestKey") else "wslogging_key_id"
+)
+# The close code and reason of a stream whose key was removed (SPEC §3's code for a bad key).
+REVOKED = (4401, "API key revoked")
+
+
+class _HttpLogScrubber(logging.Filter):
+    """Keeps credentials out of what aiohttp's request handler logs (on :data:`_http_log`).
+
+    aiohttp logs a request it cannot parse at ERROR with its raw request line, which may hold
+    a key or a ticket, and anyone who can connect can send one: such a record becomes DEBUG
+    and names the error's class only. Any other record (a bug of ours) keeps its traceback,
+    with every credential in it masked. Changes the record in place: it is aiohttp's own,
+    made for this call, and no handler has seen it yet.
+    """
+
+    _redactor = RedactingFilter(fields=(*DEFAULT_FIELDS, "ticket"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            detail = f": {type(error).__name__} (HTTP {error.code})"
+            record.msg = str(record.msg) + detail.replace("%", "%%")
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        else:
+            record.__dict__.update(self._redactor.filter(record).__dict__)
+        return True
+
+
+# The logger aiohttp's request handler uses: ours, so never streamed, and scrubbed.
+_http_log = logging.getLogger("wslogging.http")
+_http_log.addFilter(_HttpLogScrubber())
+
+
+class _HandshakeLogScrubber(logging.Filter):
+    """On aiohttp's WebSocket logger, for records of a wslogging server's thread only (the
+    program may use aiohttp itself): aiohttp warns when a handshake's
+    ``Sec-WebSocket-Protocol`` names nothing the server speaks, quoting it, and browsers often
+    carry a token there. Such a record becomes DEBUG, its arguments masked."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if any(server.thread_id == record.thread for server in list(_servers)):
+            if isinstance(record.args, tuple):
+                record.args = tuple(DEFAULT_MASK for _ in record.args)
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+logging.getLogger("aiohttp.websocket").addFilter(_HandshakeLogScrubber())
 
 
 class ServerState(enum.Enum):
@@ -86,6 +158,7 @@ class ServerOptions:
     slow_client: SlowClientPolicy
     heartbeat: float
     max_clients: int
+    max_clients_per_key: int
     allowed_origins: frozenset[str] | None
     allow_query_token: bool
     ssl_certfile: str | None
@@ -258,6 +331,22 @@ class LogServer:
             return False
         return True
 
+    def set_keys(self, keys: tuple[str, ...]) -> None:
+        """Accept ``keys`` from now on (any thread); streams opened with any other key are
+        closed soon after: WebSockets with 4401, SSE streams ended. Raises ``ValueError`` for
+        no keys, leaving the old ones in force.
+
+        The swap is one assignment, so every request authenticated after this returns sees
+        the new keys; the sweep runs on the loop after any connection already past its check
+        has registered, so none slips through.
+        """
+        self._keys = KeyRing(keys)
+        loop = self._loop
+        if loop is None or self.state is not ServerState.RUNNING:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            loop.call_soon_threadsafe(self._close_revoked)
+
     def close(self, timeout: float) -> None:
         """Deliver what is queued, close WebSockets with 1001 and end SSE streams, then stop
         the thread, all within about ``timeout`` seconds. Idempotent."""
@@ -315,11 +404,16 @@ class LogServer:
         app.router.add_get("/api/get-logs-stream", self._sse)
         app.router.add_get("/ws/logs", self._ws)
         app.router.add_post("/api/ticket", self._ticket)
-        # access_log=None: an access line could carry a credential, and must never be streamed.
+        # access_log=None: an access line could carry a credential, and must never be streamed;
+        # logger=_http_log, for the same reason (see _HttpLogScrubber).
         # handler_cancellation: a client that disconnects ends its handler (and frees its
         # slot) at once, rather than at the next write.
         self._runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True
+            app,
+            access_log=None,
+            logger=_http_log,
+            shutdown_timeout=1.0,
+            handler_cancellation=True,
         )
         await self._runner.setup()
         self._site = web.SockSite(self._runner, sock, ssl_context=ssl_context)
@@ -345,6 +439,12 @@ class LogServer:
                 await asyncio.sleep(0)  # let the writers run between batches
         except janus.AsyncQueueShutDown:
             return  # closing, and everything queued has been accepted
+
+    def _close_revoked(self) -> None:
+        """Close every stream whose key is no longer accepted (server thread)."""
+        for client in list(self.hub.clients):
+            if client.key not in self._keys:
+                client.kick(*REVOKED)
 
     def _accept(self, entry: _wire.LogEntry) -> None:
         """:meth:`Hub.accept`, guarded: a bug there must cost one record, not the stream."""
@@ -421,24 +521,29 @@ class LogServer:
 
     def _authenticate(self, request: web.Request) -> str | None:
         """Why the request is not authorized (a failure counted against its address), or
-        ``None`` if it is. The reasons name the problem, never the credential."""
-        problem = self._auth_problem(request)
-        if problem is not None:
+        ``None`` if it is, the key it came with then noted on it (:data:`_KEY_ID`). The
+        reasons name the problem, never the credential."""
+        key_id, problem = self._credential(request)
+        if key_id is None:
             self._throttle.failed(request.remote or "", time.monotonic())
-        return problem
+            return problem
+        request[_KEY_ID] = key_id
+        return None
 
-    def _auth_problem(self, request: web.Request) -> str | None:
+    def _credential(self, request: web.Request) -> tuple[KeyId | None, str]:
+        """The key the request came with, or ``None`` and why not."""
+        keys = self._keys  # one ring for the whole check, though another thread may swap it
         token = bearer_token(request.headers.get("Authorization"))
         if token is None and self.options.allow_query_token:
             token = request.query.get("access_token") or None
         if token is not None:
-            return None if self._keys.check(token) else "invalid API key"
+            return keys.match(token), "invalid API key"
         ticket = request.query.get("ticket")
         if ticket and request.method == "GET":
-            if self._tickets.redeem(ticket, time.monotonic()):
-                return None
-            return "invalid or expired ticket"
-        return "missing API key"
+            key_id = self._tickets.redeem(ticket, time.monotonic())
+            # A ticket issued for a key removed since is as dead as the key.
+            return (key_id if key_id in keys else None), "invalid or expired ticket"
+        return None, "missing API key"
 
     # -- routes ---------------------------------------------------------------------------
 
@@ -461,7 +566,7 @@ class LogServer:
         return _json(stats)
 
     async def _ticket(self, request: web.Request) -> web.Response:
-        ticket = self._tickets.issue(time.monotonic())
+        ticket = self._tickets.issue(time.monotonic(), request[_KEY_ID])
         return _json({"ticket": ticket, "expires_in": int(self._tickets.lifetime)})
 
     async def _logs(self, request: web.Request) -> web.Response:
@@ -498,6 +603,8 @@ class LogServer:
         """The filter and resume point a stream asks for, or the error response."""
         if self.hub.full:
             return _error(503, "unavailable", "too many clients")
+        if self.hub.clients_of(request[_KEY_ID]) >= self.options.max_clients_per_key:
+            return _error(503, "unavailable", "too many streams for this API key")
         try:
             return filter_from_query(request.query.items()), _since(request, header_since)
         except (FilterError, SinceError) as exc:
@@ -522,7 +629,7 @@ class LogServer:
         )
         # Registered before the first await, so that max_clients holds however many requests
         # arrive at once.
-        client = self.hub.connect(*opened)
+        client = self.hub.connect(*opened, key=request[_KEY_ID])
         sent = 0
         try:
             await response.prepare(request)
@@ -565,6 +672,10 @@ class LogServer:
         allowed = self.options.allowed_origins
         if allowed is not None and origin is not None and origin not in allowed:
             return _error(403, "forbidden", "Origin not allowed")
+        for name in _HANDSHAKE_HEADERS:
+            if not all(value.isascii() for value in request.headers.getall(name, ())):
+                # aiohttp fails on these with a 500 and a traceback, not a 400.
+                return _bad_request(f"{name} must be ASCII")
         problem = self._authenticate(request)
         client = None
         if problem is None:
@@ -579,7 +690,7 @@ class LogServer:
                 since = self.hub.acked(client_id)  # resume right after the last ack
             # Registered before the first await, so that max_clients holds however many
             # handshakes arrive at once.
-            client = self.hub.connect(flt, since, self._hello(flt))
+            client = self.hub.connect(flt, since, self._hello(flt), request[_KEY_ID])
             client.client_id = client_id
         # Pings are ours (see _ws_writer), not aiohttp's: its heartbeat expects the pong within
         # half a heartbeat of the ping, which a healthy client still reading a backlog misses.
@@ -591,6 +702,8 @@ class LogServer:
                 await ws.close(code=4401, message=str(problem).encode())
             else:
                 await self._ws_session(ws, client, self._track(request, client))
+        except ConnectionError:
+            pass  # the peer left during the handshake: nobody to answer (nor to log about)
         finally:
             if client is not None:
                 client.closed()
