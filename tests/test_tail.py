@@ -12,9 +12,11 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from conftest import KEY, TIMEOUT, async_wait_until
 
 import wslogging
@@ -281,6 +283,30 @@ async def test_colours_and_escapes_on_request(
     assert "\x1b[1;31mERROR   \x1b[0m" in line
     assert "red\\x1b[2Jcleared" in line  # the message cannot drive the terminal
     assert await process.line() == "    second line"  # nor forge a line of its own
+    assert await process.finish() == _tail.EXIT_INTERRUPTED
+
+
+async def test_follows_over_tls_with_its_ca_and_refuses_without(
+    configure: Callable[..., wslogging.WebSocketHandler],
+    tail: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    certfile, keyfile, cafile = (tmp_path / name for name in ("cert.pem", "key.pem", "ca.pem"))
+    certificate.cert_chain_pems[0].write_to_path(certfile)
+    certificate.private_key_pem.write_to_path(keyfile)
+    authority.cert_pem.write_to_path(cafile)
+    handler = configure(ssl_certfile=str(certfile), ssl_keyfile=str(keyfile))
+
+    untrusting = await tail(handler.url, "-n", "0")
+    assert await untrusting.finish(sig=None) == _tail.EXIT_USAGE
+    assert "certificate is not trusted" in untrusting.stderr
+
+    process = await following(tail, handler.url, "--cafile", str(cafile), "-n", "0")
+    assert "following wss://127.0.0.1:" in process.stderr
+    log.info("over tls")
+    assert (await process.line()).endswith("app.tail: over tls")
     assert await process.finish() == _tail.EXIT_INTERRUPTED
 
 

@@ -314,6 +314,8 @@ class Tail:
                     detail = await _detail(response)
                     self._refused(response.status, detail, response.headers)
                 page = await response.json()
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise _untrusted(exc) from None
         except aiohttp.ClientError as exc:
             raise _Retry(f"cannot reach {base}: {_reason(exc)}") from None
         for frame in page["records"]:
@@ -345,6 +347,8 @@ class Tail:
             )
         except aiohttp.WSServerHandshakeError as exc:
             self._refused(exc.status, exc.message, exc.headers or {})
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise _untrusted(exc) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise _Retry(f"cannot connect to {self.url}: {_reason(exc)}") from None
         reason = ""
@@ -393,6 +397,14 @@ async def _detail(response: aiohttp.ClientResponse) -> str:
         return str(body.get("detail") or body.get("error") or response.reason)
     except (ValueError, aiohttp.ClientError, AttributeError):
         return str(response.reason or "")
+
+
+def _untrusted(exc: aiohttp.ClientConnectorCertificateError) -> TailError:
+    """A server certificate that is not trusted will not become trusted by retrying."""
+    return TailError(
+        f"the server's certificate is not trusted ({exc.certificate_error}); "
+        "give its CA with --cafile"
+    )
 
 
 def _reason(exc: BaseException) -> str:
