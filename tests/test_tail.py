@@ -248,6 +248,15 @@ async def test_a_bad_key_ends_it_with_status_2(
         assert key not in process.stderr.replace("invalid", "")
 
 
+async def test_a_key_revoked_while_following_ends_it(
+    handler: wslogging.WebSocketHandler, tail: Callable[..., Any]
+) -> None:
+    process = await following(tail, handler.url, "-n", "0")
+    handler.set_api_keys(["another-key"])
+    assert await process.finish(sig=None) == _tail.EXIT_USAGE
+    assert "refused: API key revoked" in process.stderr
+
+
 async def test_a_bad_key_on_the_history_request_ends_it_too(
     handler: wslogging.WebSocketHandler, tail: Callable[..., Any]
 ) -> None:
