@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from _records import make_entry
 
-from wslogging import _hub
+from wslogging import _hub, _wire
 from wslogging._filters import Filter
 from wslogging._history import Gap
 from wslogging._hub import BATCH, Client, ClientState, Hub, Item, SlowClientPolicy
@@ -36,7 +36,7 @@ def accept(hub: Hub, count: int, **entry: Any) -> list[LogEntry]:
     """Accept ``count`` new entries; returns them."""
     entries = [make_entry(f"m{n}", **entry) for n in range(count)]
     for e in entries:
-        hub.accept(e)
+        hub.accept([e])
     return entries
 
 
@@ -61,16 +61,17 @@ def test_accept_assigns_consecutive_ids() -> None:
     assert [first, first + 1, first + 2] == [e.id for e in entries]
 
 
-def test_accept_encodes_entry() -> None:
-    """``data`` is the entry's wire encoding, with its id."""
+def test_accept_leaves_encoding_to_first_reader() -> None:
+    """Accepting does not encode; ``data`` is then the entry's wire encoding, with its id."""
     hub = make_hub()
 
     (entry,) = accept(hub, 1)
 
+    assert None is entry._data
     assert (encode_entry(entry), str(entry.id)) == (entry.data, entry.to_dict()["id"])
 
 
-async def test_accept_encodes_once_for_all_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_entry_encoded_once_for_all_clients(monkeypatch: pytest.MonkeyPatch) -> None:
     """One encoding per entry, and the same bytes object reaches every client."""
     calls: list[LogEntry] = []
 
@@ -78,14 +79,15 @@ async def test_accept_encodes_once_for_all_clients(monkeypatch: pytest.MonkeyPat
         calls.append(entry)
         return encode_entry(entry)
 
-    monkeypatch.setattr(_hub, "encode_entry", counting_encode)
+    monkeypatch.setattr(_wire, "encode_entry", counting_encode)
     hub = make_hub()
     clients = [hub.connect(Filter(), None) for _ in range(3)]
 
     (entry,) = accept(hub, 1)
 
     batches = [await c.next_batch(wait=IDLE) for c in clients]
-    assert ([entry], [[entry]] * 3) == (calls, batches)
+    frames = {id(e.ws_frame) for batch in batches for e in batch if isinstance(e, LogEntry)}
+    assert ([entry], [[entry]] * 3, 1) == (calls, batches, len(frames))
 
 
 # -- order of what a client gets ------------------------------------------------------------

@@ -317,6 +317,8 @@ async def test_forgotten_since_gets_gap_then_oldest(
     await ws.close()
     for n in range(10):
         log.info("n%d", n)
+    # All of them in history (and half of them gone from it) before the client comes back.
+    await async_wait_until(lambda: handler._server.hub.stats()["records_accepted"] == 11)
     ws = await connect(session, handler, f"?since={first['id']}")
     assert {"type": "gap", "missed": 5, "reason": "history"} == await receive_json(ws)
     assert [f"n{n}" for n in range(5, 10)] == [r["log"] for r in await receive_logs(ws, 5)]

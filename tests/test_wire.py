@@ -344,11 +344,36 @@ def test_to_dict_is_spec_record() -> None:
     assert expected == entry.to_dict()
 
 
-def test_new_entry_has_no_id_or_data() -> None:
-    """An entry gets its id and bytes only when the server accepts it."""
+def test_new_entry_has_no_id_or_bytes() -> None:
+    """An entry gets its id when the server accepts it, and its bytes when first read."""
     entry = make_entry()
 
-    assert (0, b"") == (entry.id, entry.data)
+    assert (0, None, None) == (entry.id, entry._data, entry._ws_frame)
+
+
+def test_entry_bytes_made_once() -> None:
+    """``data`` and ``ws_frame`` are made on first use and the same objects after that."""
+    entry = make_entry()
+    entry.id = 42
+
+    data, frame = entry.data, entry.ws_frame
+
+    assert (encode_entry(entry), ws_text_frame_header(len(data)) + data) == (data, frame)
+    assert (data, frame) == (entry.data, entry.ws_frame)
+    assert entry.data is data
+    assert entry.ws_frame is frame
+
+
+def test_encode_entry_of_unencodable_entry_says_why() -> None:
+    """An entry made by hand with values JSON cannot hold still encodes, with a note."""
+    entry = make_entry()
+    entry.fields = {"obj": object()}
+    entry.log = b"bytes"  # type: ignore[assignment]
+
+    record = json.loads(encode_entry(entry))
+
+    assert ("b'bytes'", None) == (record["log"], record["exc"])
+    assert record["fields"]["wslogging_error"].startswith("record could not be encoded: ")
 
 
 def test_entry_pid_defaults_to_this_process() -> None:

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._filters import Filter
 from ._history import Gap, History
 from ._protocol import Liveness
-from ._wire import LogEntry, encode_entry
+from ._wire import LogEntry
 
 # Records handed to one writer per wakeup: bounds the work (and the write) per turn.
 BATCH = 500
@@ -94,7 +93,7 @@ class Client:
         self.abort: Callable[[], None] | None = None
         # WebSocket liveness, kept by the connection's writer.
         self.liveness: Liveness | None = None
-        self._queue: deque[LogEntry] = deque()
+        self._queue: deque[LogEntry] = deque(maxlen=maxlen)
         self._control: list[Item] = first
         # Ids in [replay_next, replay_end] are read from history; later ones arrive via offer().
         self._replay_next = start_id
@@ -103,16 +102,18 @@ class Client:
         if self._control or self._replay_next <= self._replay_end:
             self._wake.set()
 
-    def offer(self, entry: LogEntry) -> None:
-        """Queue a live record that matched (hub side; never blocks)."""
-        if len(self._queue) >= self.maxlen:
+    def offer(self, entries: Sequence[LogEntry]) -> None:
+        """Queue live records that matched, in order (hub side; never blocks)."""
+        queue = self._queue
+        overflow = len(queue) + len(entries) - self.maxlen
+        if overflow > 0:
             if self.policy is SlowClientPolicy.DISCONNECT:
+                queue.extend(entries[: len(entries) - overflow])  # kick() counts them
                 self.kick(1008, "client too slow: its queue is full")
                 return
-            self._queue.popleft()
-            self.dropped += 1
-            self.hub.client_drops += 1
-        self._queue.append(entry)
+            self.dropped += overflow
+            self.hub.client_drops += overflow
+        queue.extend(entries)  # a deque with a maxlen: forgets the oldest beyond it
         self._wake.set()
 
     def send_control(self, message: dict[str, Any] | SendPong) -> None:
@@ -131,7 +132,7 @@ class Client:
         """Replace the filter now: queued records that the new filter rejects are dropped
         (not counted: the client asked), so everything after the reply obeys it."""
         self.filter = flt
-        self._queue = deque(e for e in self._queue if flt.matches(e))
+        self._queue = deque(flt.select(self._queue), maxlen=self.maxlen)
 
     def kick(self, code: int, reason: str) -> None:
         """Close this client with ``code``: cleanly if its writer is free, else cut it off
@@ -274,20 +275,23 @@ class Hub:
     def detach(self, client: Client) -> None:
         self.clients.discard(client)
 
-    def accept(self, entry: LogEntry) -> None:
-        """Number, encode (once, for everyone) and keep ``entry``, and queue it for every
-        client whose filter matches."""
-        entry.id = self.history.next_id
-        try:
-            entry.data = encode_entry(entry)
-        except Exception as exc:  # render_record() should make this impossible; never stall
-            entry.fields = {"wslogging_error": f"record could not be encoded: {exc!r}"}
-            entry.created, entry.exc = time.time(), None
-            entry.data = encode_entry(entry)  # if this raises too, the record is not kept
-        self.history.append(entry)
+    def accept(self, entries: Sequence[LogEntry]) -> None:
+        """Number and keep ``entries``, in order, then queue for every client, in one go,
+        those its filter matches.
+
+        Per batch rather than per record, so that the cost per client is one filter pass and
+        one queue extension per batch. Encoding is left to the first writer that needs a
+        record's bytes (:attr:`LogEntry.data`): once per record, however many clients get it.
+        """
+        if not entries:
+            return
+        history = self.history
+        for entry in entries:
+            history.append(entry)
+        lowest = min(entry.levelno for entry in entries)
         for client in list(self.clients):
-            if client.filter.matches(entry):
-                client.offer(entry)
+            flt = client.filter
+            client.offer(entries if flt.takes_all(lowest) else flt.select(entries))
 
     def finish_all(self, code: int, reason: str) -> None:
         for client in list(self.clients):

@@ -1,7 +1,7 @@
 """The embedded aiohttp server: routes, auth, and its lifecycle in a daemon thread of its own.
 
 The app's threads reach the server only through :meth:`LogServer.submit` (a bounded janus
-queue); nothing else crosses between the two sides.
+queue, see :class:`Handoff`); nothing else crosses between the two sides.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import janus
 from aiohttp import WSMsgType, web
 
 from . import _wire
 from ._auth import FailureThrottle, KeyRing, TicketBook, bearer_token, is_loopback_host
 from ._filters import Filter, FilterError, filter_from_query
+from ._handoff import Handoff
 from ._history import Gap, SinceError, parse_id
 from ._hub import Client, ClientState, Hub, Item, SendPing, SendPong, SlowClientPolicy
 from ._openapi import openapi_document
@@ -175,7 +175,7 @@ class LogServer:
         )
         self.port = 0
         self.thread_id: int | None = None
-        self._queue: janus.Queue[_wire.LogEntry] | None = None
+        self._handoff: Handoff[_wire.LogEntry] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[asyncio.Task[Any]] = set()
@@ -212,10 +212,10 @@ class LogServer:
             sock = self._bind()  # an earlier server of this process has just let the port go
         _servers.add(self)
         self.port = sock.getsockname()[1]
-        self._queue = janus.Queue(maxsize=self.options.queue_size)
         # Made here, on the caller's thread: asyncio logs while making a loop, and in the
         # server thread that log call could wait for the lock dictConfig holds around us.
         self._loop = asyncio.new_event_loop()
+        self._handoff = Handoff(self.options.queue_size, self._loop)
         self.state = ServerState.RUNNING
         self._thread = threading.Thread(
             target=self._run, args=(sock, ssl_context), name="wslogging-server", daemon=True
@@ -248,15 +248,10 @@ class LogServer:
     def submit(self, entry: _wire.LogEntry) -> bool:
         """Hand ``entry`` to the server without waiting (any thread). ``False`` when the
         queue is full or the server is not running: the caller counts the drop."""
-        queue = self._queue
-        if queue is None or self.state is not ServerState.RUNNING:
+        handoff = self._handoff
+        if handoff is None or self.state is not ServerState.RUNNING:
             return False
-        try:
-            # janus takes its own lock and wakes the loop only when the consumer is waiting.
-            queue.sync_q.put_nowait(entry)
-        except (janus.SyncQueueFull, janus.SyncQueueShutDown):
-            return False
-        return True
+        return handoff.put(entry)
 
     def close(self, timeout: float) -> None:
         """Deliver what is queued, close WebSockets with 1001 and end SSE streams, then stop
@@ -329,30 +324,25 @@ class LogServer:
     async def _consume(self) -> None:
         """Move records from the app's queue into the hub, in batches, never awaiting a
         client."""
-        assert self._queue is not None
-        queue = self._queue.async_q
+        assert self._handoff is not None
+        get_batch = self._handoff.get_batch
         accept = self._accept
         batch = max(1, min(_ACCEPT_BATCH, self.options.client_queue_size // 2))
-        try:
-            while True:
-                accept(await queue.get())
-                for _ in range(batch - 1):
-                    try:
-                        entry = queue.get_nowait()
-                    except janus.AsyncQueueEmpty:
-                        break
-                    accept(entry)
-                await asyncio.sleep(0)  # let the writers run between batches
-        except janus.AsyncQueueShutDown:
-            return  # closing, and everything queued has been accepted
+        # [] once closing, and everything queued has been accepted.
+        while entries := await get_batch(batch):
+            accept(entries)
+            await asyncio.sleep(0)  # let the writers run between batches
 
-    def _accept(self, entry: _wire.LogEntry) -> None:
-        """:meth:`Hub.accept`, guarded: a bug there must cost one record, not the stream."""
+    def _accept(self, entries: list[_wire.LogEntry]) -> None:
+        """:meth:`Hub.accept`, guarded: a bug there must cost one batch, not the stream."""
         try:
-            self.hub.accept(entry)
+            self.hub.accept(entries)
         except Exception as exc:
-            self.hub.records_failed += 1
-            print(f"wslogging: a record could not be served: {exc!r}", file=sys.stderr)
+            self.hub.records_failed += len(entries)
+            print(
+                f"wslogging: {len(entries)} record(s) could not be served: {exc!r}",
+                file=sys.stderr,
+            )
 
     def _begin_shutdown(self, budget: float) -> None:
         """Start :meth:`_shutdown` once, however many times it is asked for; if the server
@@ -373,10 +363,10 @@ class LogServer:
         # The port first: a handler configured anew on it can bind it at once.
         await self._site.stop()
         self._released.set()
-        assert self._queue is not None
+        assert self._handoff is not None
         # Later submits fail fast; the consumer drains what is queued at its usual pace (so
         # clients that keep up lose nothing), then stops.
-        self._queue.shutdown()
+        self._handoff.shutdown()
         try:
             async with asyncio.timeout_at(deadline):
                 await self._consumer
@@ -456,7 +446,7 @@ class LogServer:
     async def _stats(self, request: web.Request) -> web.Response:
         stats: dict[str, Any] = self.hub.stats()
         stats["records_dropped"] = self._dropped()
-        stats["queue_size"] = self._queue.sync_q.qsize() if self._queue else 0
+        stats["queue_size"] = self._handoff.qsize() if self._handoff else 0
         stats["epoch"] = self.hub.epoch
         return _json(stats)
 
@@ -699,8 +689,11 @@ class LogServer:
                 async with asyncio.timeout(stall):
                     await (ws.ping() if isinstance(item, SendPing) else ws.pong(item.data))
                 continue
-            data = item.data if isinstance(item, _wire.LogEntry) else _message(item)
-            frames += (_wire.ws_text_frame_header(len(data)), data)
+            if isinstance(item, _wire.LogEntry):
+                frames.append(item.ws_frame)  # framed once, for every client
+            else:
+                data = _message(item)
+                frames += (_wire.ws_text_frame_header(len(data)), data)
         if frames:
             await _write_in_slices(write, b"".join(frames), stall)
 
