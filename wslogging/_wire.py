@@ -7,7 +7,6 @@ server thread calls :func:`encode_entry`, :func:`sse_event` and friends.
 from __future__ import annotations
 
 import datetime
-import functools
 import json
 import logging
 import math
@@ -138,28 +137,31 @@ def format_time(created: float) -> str:
     """ISO 8601 in UTC with microseconds, as in ``2026-11-25T17:28:42.123456+00:00``.
 
     The same text as ``datetime.fromtimestamp(created, UTC).isoformat()`` (microseconds
-    rounded half to even), made from a cached date and time of the whole second: records
-    come in bursts within one second.
+    rounded half to even), with the date and time of the whole second kept from the last
+    call: records come in bursts within one second.
     """
+    global _second_text
     if not 0 <= created < _MAX_TIME:
         return _isoformat(created)
-    fraction, whole = math.modf(created)
-    micros = round(fraction * 1e6)
+    whole = int(created)
+    micros = round((created - whole) * 1e6)  # created - whole is exact: no double rounding
     if micros >= 1_000_000:
         whole, micros = whole + 1, micros - 1_000_000
-    return f"{_whole_second(int(whole))}.{micros:06d}+00:00"
+    second, text = _second_text
+    if second != whole:
+        text = _isoformat(whole)[:19]
+        _second_text = (whole, text)  # one tuple, replaced whole: safe from any thread
+    return f"{text}.{micros:06d}+00:00"
+
+
+# The whole second format_time() last formatted, and its text.
+_second_text: tuple[int, str] = (-1, "")
 
 
 def _isoformat(created: float) -> str:
     return datetime.datetime.fromtimestamp(created, tz=datetime.UTC).isoformat(
         timespec="microseconds"
     )
-
-
-@functools.lru_cache(maxsize=8)
-def _whole_second(second: int) -> str:
-    """``2026-11-25T17:28:42``: the part of :func:`format_time` shared by a second's records."""
-    return _isoformat(second)[:19]
 
 
 class _Budget:
