@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import os
@@ -303,21 +304,107 @@ def test_json_safe_huge_int_dumps() -> None:
 # -- dumps ----------------------------------------------------------------------------------
 
 
-def test_dumps_compact() -> None:
+@pytest.fixture(params=["orjson", "stdlib"])
+def json_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with orjson (the ``fast`` extra) and with the stdlib fallback."""
+    if request.param == "orjson":
+        pytest.importorskip("orjson")
+    else:
+        monkeypatch.setattr(_wire, "_orjson_dumps", None)
+    return str(request.param)
+
+
+def test_dumps_compact(json_backend: str) -> None:
     """No spaces after separators."""
     assert b'{"a":[1,2],"b":null}' == dumps({"a": [1, 2], "b": None})
 
 
-def test_dumps_keeps_non_ascii() -> None:
+def test_dumps_keeps_non_ascii(json_backend: str) -> None:
     """Non-ASCII text is UTF-8, not escaped."""
     assert '{"m":"héllo ✓ 日本"}'.encode() == dumps({"m": "héllo ✓ 日本"})
 
 
-def test_dumps_lone_surrogate_valid_json() -> None:
+def test_dumps_lone_surrogate_valid_json(json_backend: str) -> None:
     """A string with a lone surrogate still gives valid UTF-8 JSON with the same text."""
     data = dumps({"m": "a\ud800b é"})
 
     assert {"m": "a\ud800b é"} == json.loads(data.decode("utf-8"))
+
+
+class _Text(str):
+    pass
+
+
+class _Number(int):
+    pass
+
+
+class _Real(float):
+    pass
+
+
+class _Level(enum.IntEnum):
+    WARN = 30
+
+
+class _Colour(enum.StrEnum):
+    RED = "red"
+
+
+# What json_safe() lets through, and what orjson handles differently from the stdlib or refuses.
+AWKWARD_VALUES = [
+    "ctrl \x00\x1f\x7f \u2028\u2029 quote\" back\\ slash/ \b\f\n\r\t é 😀",
+    2**63 - 1,
+    2**63,
+    2**64,
+    -(2**63) - 1,
+    2**1000,
+    _Text("sub"),
+    _Number(5),
+    _Real(1.5),
+    _Level.WARN,
+    _Colour.RED,
+    {_Text("key"): 1},
+    0.1,
+    -0.0,
+    1e16,
+    5e-324,
+    [1, [2, {"a": None}]],
+    "\ud800",
+]
+
+
+@pytest.mark.parametrize("value", AWKWARD_VALUES, ids=repr)
+def test_dumps_orjson_writes_what_the_stdlib_writes(
+    value: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With and without orjson, the same bytes: what orjson refuses goes to the stdlib."""
+    pytest.importorskip("orjson")
+    fast = dumps({"v": value})
+    monkeypatch.setattr(_wire, "_orjson_dumps", None)
+
+    assert dumps({"v": value}) == fast
+
+
+def test_dumps_orjson_spells_small_exponents_shorter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one difference: orjson writes ``1.5e-7`` where the stdlib writes ``1.5e-07``."""
+    pytest.importorskip("orjson")
+    fast = dumps(1.5e-7)
+    monkeypatch.setattr(_wire, "_orjson_dumps", None)
+
+    assert (b"1.5e-7", b"1.5e-07", 1.5e-7) == (fast, dumps(1.5e-7), json.loads(fast))
+
+
+@pytest.mark.parametrize("value", AWKWARD_VALUES, ids=repr)
+def test_encoded_record_is_spec_json(value: object, json_backend: str) -> None:
+    """A record with any extra encodes to the SPEC object on both paths."""
+    record = make_record(extra={"v": value})
+    entry = render_record(record, "m")
+    entry.id = 7
+
+    decoded = json.loads(encode_entry(entry))
+
+    assert entry.to_dict() == decoded
 
 
 # -- LogEntry / encode_entry ----------------------------------------------------------------
