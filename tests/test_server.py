@@ -24,6 +24,7 @@ from conftest import (
 from openapi_spec_validator import validate
 
 import wslogging
+from wslogging._hub import BATCH
 
 log = logging.getLogger("app.worker")
 Configure = Callable[..., wslogging.WebSocketHandler]
@@ -727,4 +728,34 @@ async def test_records_of_every_frame_size_arrive_intact(
         assert expected == [r["log"] for r in await receive_logs(ws, 3)]
         received = [json.loads(await asyncio.wait_for(other.recv(), TIMEOUT)) for _ in range(3)]
         assert expected == [r["log"] for r in received]
+    await ws.close()
+
+
+async def test_batched_writes_deliver_every_record_in_order(
+    configure: Configure, session: aiohttp.ClientSession
+) -> None:
+    """Records taken from the app's queue, fanned out and written in batches reach a WebSocket
+    and an SSE client all, in order, with consecutive ids, across many batch boundaries (more
+    records than a batch, logged by three threads at once, each thread's in its order)."""
+    per_thread, threads = 2 * BATCH + 123, 3
+    total = per_thread * threads
+    handler = configure(client_queue_size=total, queue_size=total)
+    ws = await connect(session, handler)
+    sse = await session.get(f"{handler.url}/api/get-logs-stream?limit={total}", headers=AUTH)
+    await async_wait_until(lambda: handler._server.hub.stats()["clients"] == 2)
+
+    def app(thread: int) -> None:
+        for n in range(per_thread):
+            log.info("t%d n%d", thread, n)
+
+    await asyncio.gather(*(asyncio.to_thread(app, t) for t in range(threads)))
+    by_ws = await receive_logs(ws, total)
+    by_sse = [json.loads(e["data"]) for e in await read_sse(sse)]
+
+    first = int(by_ws[0]["id"])
+    assert [str(first + n) for n in range(total)] == [r["id"] for r in by_ws]
+    assert by_ws == by_sse
+    for t in range(threads):
+        mine = [r["log"] for r in by_ws if r["log"].startswith(f"t{t} ")]
+        assert [f"t{t} n{n}" for n in range(per_thread)] == mine
     await ws.close()

@@ -353,7 +353,7 @@ class _Colour(enum.StrEnum):
 
 # What json_safe() lets through, and what orjson handles differently from the stdlib or refuses.
 AWKWARD_VALUES = [
-    "ctrl \x00\x1f\x7f \u2028\u2029 quote\" back\\ slash/ \b\f\n\r\t é 😀",
+    'ctrl \x00\x1f\x7f \u2028\u2029 quote" back\\ slash/ \b\f\n\r\t é 😀',
     2**63 - 1,
     2**63,
     2**64,

@@ -280,14 +280,19 @@ class Hub:
         those its filter matches.
 
         Per batch rather than per record, so that the cost per client is one filter pass and
-        one queue extension per batch. Encoding is left to the first writer that needs a
-        record's bytes (:attr:`LogEntry.data`): once per record, however many clients get it.
+        one queue extension per batch. Each record is encoded here, once for every client,
+        when there are clients; with none, only when first read (:attr:`LogEntry.data`).
+        Encoding here rather than in the writers keeps the pace of acceptance to what the
+        server can send, so that a burst does not fill the queues of clients that keep up.
         """
         if not entries:
             return
         history = self.history
+        encode = bool(self.clients)
         for entry in entries:
             history.append(entry)
+            if encode:
+                entry.data  # noqa: B018 - made (and kept) now
         lowest = min(entry.levelno for entry in entries)
         for client in list(self.clients):
             flt = client.filter
