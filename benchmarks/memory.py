@@ -26,7 +26,16 @@ from typing import Any
 import _designs
 import aiohttp
 from _clients import open_clients, raw_stalled_socket
-from _common import HOST, environment, median, print_table, quantile, ratio, rss_bytes
+from _common import (
+    HOST,
+    LATENCY_COLUMNS,
+    environment,
+    median,
+    print_table,
+    quantile,
+    ratio,
+    rss_bytes,
+)
 
 MiB = 1024 * 1024
 READERS = 10
@@ -357,12 +366,7 @@ async def amain(args: argparse.Namespace) -> None:
             "sent",
             "least reader got",
             "gap missed",
-            "p50 ms",
-            "p99 ms",
-            "max ms",
-            "p99 vs 0 stalled",
-            "RSS growth MiB",
-            "client_drops",
+            *LATENCY_COLUMNS,
         ],
         rows,
         [

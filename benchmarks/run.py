@@ -1,4 +1,4 @@
-"""Run every benchmark (emit, fanout, memory), each in a fresh interpreter, and print their tables.
+"""Run every benchmark (emit, fanout, latency, memory), each in a fresh interpreter, and print their tables.
 
 Usage: ``python benchmarks/run.py [--quick] [--only emit fanout memory]``. Options after ``--``
 go to every script.
@@ -15,7 +15,7 @@ from pathlib import Path
 from _common import environment
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("emit", "fanout", "memory")
+SCRIPTS = ("emit", "fanout", "latency", "memory")
 
 
 def main(argv: list[str] | None = None) -> int:

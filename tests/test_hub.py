@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -415,3 +416,54 @@ async def test_control_replies_are_bounded() -> None:
     client.send_control({"type": "pong"})
     assert (ClientState.FINISHING, 1008) == (client.state, client.close_code)
     assert client not in hub.clients
+
+
+# -- writing at once ------------------------------------------------------------------------
+
+
+async def idle_writer(client: Client) -> asyncio.Task[list[Item] | None]:
+    """The client's writer, waiting for something to send."""
+    writer = asyncio.create_task(client.next_batch(wait=None))
+    await asyncio.sleep(0)
+    return writer
+
+
+async def test_caught_up_client_is_written_at_once() -> None:
+    """With its writer idle and nothing pending, a client's records go out through
+    ``write_now``, in order, and its writer is not woken."""
+    hub = make_hub()
+    client = hub.connect(Filter(), None)
+    written: list[LogEntry] = []
+    client.write_now = lambda entries: written.extend(entries) or True
+    writer = await idle_writer(client)
+
+    entries = accept(hub, 3)
+
+    assert (entries, False) == (written, writer.done())
+    writer.cancel()
+
+
+async def test_records_wait_for_the_writer_when_the_connection_cannot_take_them() -> None:
+    """When ``write_now`` declines (the peer has bytes pending), the writer sends them."""
+    hub = make_hub()
+    client = hub.connect(Filter(), None)
+    client.write_now = lambda entries: False
+    writer = await idle_writer(client)
+
+    entries = accept(hub, 2)
+
+    assert entries == await writer
+
+
+async def test_pending_reply_keeps_records_behind_it() -> None:
+    """A reply waiting for the writer goes first: records are not written past it."""
+    hub = make_hub()
+    client = hub.connect(Filter(), None)
+    written: list[LogEntry] = []
+    client.write_now = lambda entries: written.extend(entries) or True
+    writer = await idle_writer(client)
+    client.send_control({"type": "pong"})
+
+    entries = accept(hub, 1)
+
+    assert ([], [{"type": "pong"}, *entries]) == (written, await writer)

@@ -93,6 +93,11 @@ class Client:
         self.abort: Callable[[], None] | None = None
         # WebSocket liveness, kept by the connection's writer.
         self.liveness: Liveness | None = None
+        # Writes records at once, without the writer, when the connection can take them
+        # without waiting (see offer); returns whether it did. The connection sets it.
+        self.write_now: Callable[[Sequence[LogEntry]], bool] | None = None
+        # Whether the writer is waiting for something to send (nothing in flight).
+        self._writer_idle = False
         self._queue: deque[LogEntry] = deque(maxlen=maxlen)
         self._control: list[Item] = first
         # Ids in [replay_next, replay_end] are read from history; later ones arrive via offer().
@@ -103,8 +108,25 @@ class Client:
             self._wake.set()
 
     def offer(self, entries: Sequence[LogEntry]) -> None:
-        """Queue live records that matched, in order (hub side; never blocks)."""
+        """Queue live records that matched, in order (hub side; never blocks).
+
+        A client that is all caught up (its writer waiting, nothing queued, no replay or gap
+        or reply pending) gets them written at once through :attr:`write_now`, when the
+        connection can take them without waiting: one write, and no task switch, per client
+        per batch. Otherwise they wait for the writer, which keeps the order.
+        """
         queue = self._queue
+        if (
+            self._writer_idle
+            and self.state is ClientState.LIVE
+            and not queue
+            and not self._control
+            and not self.dropped
+            and self._replay_next > self._replay_end
+            and self.write_now is not None
+            and self.write_now(entries)
+        ):
+            return
         overflow = len(queue) + len(entries) - self.maxlen
         if overflow > 0:
             if self.policy is SlowClientPolicy.DISCONNECT:
@@ -194,11 +216,14 @@ class Client:
         """What to send next, in order. ``[]`` when ``wait`` seconds passed with nothing to send
         (time for a heartbeat); ``None`` when the stream is over and should be closed."""
         if not self._wake.is_set() and self.state is ClientState.LIVE:
+            self._writer_idle = True
             try:
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
             except TimeoutError:
                 return []
+            finally:
+                self._writer_idle = False
         items = self._take()
         if not items and self.state is not ClientState.LIVE:
             return None

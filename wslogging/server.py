@@ -21,7 +21,7 @@ import termios
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -645,6 +645,8 @@ class LogServer:
         heartbeat = self.options.heartbeat
         loop = asyncio.get_running_loop()
         liveness = client.liveness = Liveness(heartbeat, loop.time())
+        if transport is not None:
+            client.write_now = _writer_now(ws, transport)
         try:
             while True:
                 items = await client.next_batch(heartbeat)
@@ -722,6 +724,27 @@ class LogServer:
         transport = request.transport
         client.abort = transport.abort if transport is not None else None
         return transport
+
+
+def _writer_now(
+    ws: web.WebSocketResponse, transport: asyncio.Transport
+) -> Callable[[Sequence[_wire.LogEntry]], bool]:
+    """:attr:`Client.write_now` for a WebSocket: the records' frames, in one write straight
+    to the transport, only while it has nothing buffered (the peer keeps up) and the socket
+    is open; otherwise ``False``, and the writer (with its deadlines) takes over.
+
+    Called only while the connection's writer is idle, so nothing else is being written: the
+    frames go out whole and in order. This is how one record reaches a thousand clients
+    without a thousand task switches.
+    """
+
+    def write_now(entries: Sequence[_wire.LogEntry]) -> bool:
+        if ws.closed or transport.is_closing() or transport.get_write_buffer_size():
+            return False
+        transport.write(b"".join([entry.ws_frame for entry in entries]))
+        return True
+
+    return write_now
 
 
 def _unsent(transport: asyncio.BaseTransport | None) -> int | None:
