@@ -25,6 +25,7 @@ from openapi_spec_validator import validate
 
 import wslogging
 from wslogging._hub import BATCH
+from wslogging.server import new_event_loop
 
 log = logging.getLogger("app.worker")
 Configure = Callable[..., wslogging.WebSocketHandler]
@@ -759,3 +760,18 @@ async def test_batched_writes_deliver_every_record_in_order(
         mine = [r["log"] for r in by_ws if r["log"].startswith(f"t{t} ")]
         assert [f"t{t} n{n}" for n in range(per_thread)] == mine
     await ws.close()
+
+
+@pytest.mark.parametrize(("setting", "uvloop_expected"), [("1", True), ("0", False), ("", False)])
+def test_uvloop_only_when_asked(
+    setting: str, uvloop_expected: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server runs on uvloop's loop only with ``WSLOGGING_UVLOOP=1`` (and uvloop there)."""
+    uvloop = pytest.importorskip("uvloop")
+    monkeypatch.setenv("WSLOGGING_UVLOOP", setting)
+
+    loop = new_event_loop()
+    try:
+        assert uvloop_expected == isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()

@@ -13,6 +13,7 @@ import fcntl
 import json
 import logging
 import math
+import os
 import socket
 import ssl
 import struct
@@ -58,6 +59,8 @@ _WS_READ_LIMIT = 1024 * 1024
 # Records accepted from the queue per turn of the loop before the writers get to run. Also
 # kept to half a client queue, so a client that keeps up never loses records to batching.
 _ACCEPT_BATCH = 1000
+# Longest rest of the consumer between two batches (see _consume).
+MAX_REST = 0.01
 # Default and largest page of ``GET /api/logs``.
 PAGE_DEFAULT = 1000
 PAGE_MAX = 10000
@@ -214,7 +217,7 @@ class LogServer:
         self.port = sock.getsockname()[1]
         # Made here, on the caller's thread: asyncio logs while making a loop, and in the
         # server thread that log call could wait for the lock dictConfig holds around us.
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_event_loop()
         self._handoff = Handoff(self.options.queue_size, self._loop)
         self.state = ServerState.RUNNING
         self._thread = threading.Thread(
@@ -323,15 +326,26 @@ class LogServer:
 
     async def _consume(self) -> None:
         """Move records from the app's queue into the hub, in batches, never awaiting a
-        client."""
+        client.
+
+        Paced by its own cost: after a batch it rests as long as the batch took (at most
+        :data:`MAX_REST` seconds) before it takes the next. Fanning a record out to a thousand
+        clients costs a thousand writes whether it goes alone or with others, so under load
+        the records that come meanwhile go out together, in one write per client, and the
+        server spends at most about half its time writing; with few clients the rest is
+        next to nothing.
+        """
         assert self._handoff is not None
         get_batch = self._handoff.get_batch
         accept = self._accept
         batch = max(1, min(_ACCEPT_BATCH, self.options.client_queue_size // 2))
+        clock = time.thread_time  # the work done, not the time spent waiting for the GIL
         # [] once closing, and everything queued has been accepted.
         while entries := await get_batch(batch):
+            began = clock()
             accept(entries)
-            await asyncio.sleep(0)  # let the writers run between batches
+            # Also lets the writers run between batches.
+            await asyncio.sleep(min(clock() - began, MAX_REST))
 
     def _accept(self, entries: list[_wire.LogEntry]) -> None:
         """:meth:`Hub.accept`, guarded: a bug there must cost one batch, not the stream."""
@@ -745,6 +759,23 @@ def _writer_now(
         return True
 
     return write_now
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The server's loop: uvloop's when ``WSLOGGING_UVLOOP=1`` is set and uvloop is installed
+    (the ``fast`` extra does not install it), else asyncio's own.
+
+    Opt-in: uvloop cuts the server's own CPU per client, but it is another C extension in
+    someone else's process, and asyncio's loop is what every test runs on by default.
+    """
+    if os.environ.get("WSLOGGING_UVLOOP", "").strip() == "1":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def _unsent(transport: asyncio.BaseTransport | None) -> int | None:
