@@ -89,6 +89,9 @@ def server_main(conn: Connection, name: str, prefill: int, body_bytes: int) -> N
     for n in range(prefill):
         log_one(design.logger, -1 - n, body)
     time.sleep(0.5)
+    # As a client reading the history would: wslogging encodes a record when it is first
+    # read, and keeps the bytes, so only now is its history as large as it will stay.
+    design.read_history()
     conn.send(("ready", design.port, design.path, design.headers))
     while True:
         command, *args = conn.recv()

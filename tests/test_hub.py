@@ -12,7 +12,7 @@ from wslogging import _hub, _wire
 from wslogging._filters import Filter
 from wslogging._history import Gap
 from wslogging._hub import BATCH, Client, ClientState, Hub, Item, SlowClientPolicy
-from wslogging._wire import LogEntry, encode_entry
+from wslogging._wire import LogEntry, encode_entry, ws_frames
 
 HELLO = {"type": "hello"}
 # Long enough never to expire while the loop has work; short enough for an idle client.
@@ -87,8 +87,8 @@ async def test_entry_encoded_once_for_all_clients(monkeypatch: pytest.MonkeyPatc
     (entry,) = accept(hub, 1)
 
     batches = [await c.next_batch(wait=IDLE) for c in clients]
-    frames = {id(e.ws_frame) for batch in batches for e in batch if isinstance(e, LogEntry)}
-    assert ([entry], [[entry]] * 3, 1) == (calls, batches, len(frames))
+    sent = {id(e.data) for batch in batches for e in batch if isinstance(e, LogEntry)}
+    assert ([entry], [[entry]] * 3, 1) == (calls, batches, len(sent))
 
 
 # -- order of what a client gets ------------------------------------------------------------
@@ -441,6 +441,25 @@ async def test_caught_up_client_is_written_at_once() -> None:
 
     assert (entries, False) == (written, writer.done())
     writer.cancel()
+
+
+async def test_whole_batch_framed_once_for_every_client() -> None:
+    """Clients that get a whole batch are written the same bytes object: joined once."""
+    hub = make_hub()
+    clients = [hub.connect(Filter(), None) for _ in range(3)]
+    written: list[bytes] = []
+    writers = []
+    for client in clients:
+        client.write_now = lambda batch: written.append(batch.ws_frames()) or True
+        writers.append(await idle_writer(client))
+
+    entries = [make_entry(f"m{n}") for n in range(4)]
+    hub.accept(entries)
+
+    assert [ws_frames(entries)] * 3 == written
+    assert 1 == len({id(frames) for frames in written})
+    for writer in writers:
+        writer.cancel()
 
 
 async def test_records_wait_for_the_writer_when_the_connection_cannot_take_them() -> None:

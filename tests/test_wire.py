@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import sys
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from wslogging._wire import (
     render_record,
     sse_event,
     sse_retry,
+    ws_frames,
     ws_text_frame_header,
 )
 
@@ -331,6 +333,20 @@ def test_dumps_lone_surrogate_valid_json(json_backend: str) -> None:
     assert {"m": "a\ud800b é"} == json.loads(data.decode("utf-8"))
 
 
+def test_dumps_holds_just_its_bytes(json_backend: str) -> None:
+    """What dumps returns takes about its length in memory (history keeps thousands)."""
+    values = [{"log": "x" * 3000, "n": n} for n in range(50)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [dumps(value) for value in values]
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+    assert used < 1.5 * sum(len(data) for data in kept)
+
+
 class _Text(str):
     pass
 
@@ -435,20 +451,26 @@ def test_new_entry_has_no_id_or_bytes() -> None:
     """An entry gets its id when the server accepts it, and its bytes when first read."""
     entry = make_entry()
 
-    assert (0, None, None) == (entry.id, entry._data, entry._ws_frame)
+    assert (0, None) == (entry.id, entry._data)
 
 
 def test_entry_bytes_made_once() -> None:
-    """``data`` and ``ws_frame`` are made on first use and the same objects after that."""
+    """``data`` is made on first use, and is the same object after that."""
     entry = make_entry()
     entry.id = 42
 
-    data, frame = entry.data, entry.ws_frame
+    data = entry.data
 
-    assert (encode_entry(entry), ws_text_frame_header(len(data)) + data) == (data, frame)
-    assert (data, frame) == (entry.data, entry.ws_frame)
+    assert encode_entry(entry) == data
     assert entry.data is data
-    assert entry.ws_frame is frame
+
+
+def test_ws_frames_one_after_the_other() -> None:
+    """Entries become consecutive text frames, each its header and its JSON."""
+    entries = [make_entry("a"), make_entry("b" * 200)]
+
+    expected = b"".join(ws_text_frame_header(len(e.data)) + e.data for e in entries)
+    assert expected == ws_frames(entries)
 
 
 def test_encode_entry_of_unencodable_entry_says_why() -> None:

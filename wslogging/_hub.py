@@ -15,7 +15,7 @@ from typing import Any
 from ._filters import Filter
 from ._history import Gap, History
 from ._protocol import Liveness
-from ._wire import LogEntry
+from ._wire import LogEntry, ws_frames
 
 # Records handed to one writer per wakeup: bounds the work (and the write) per turn.
 BATCH = 500
@@ -43,6 +43,18 @@ class SendPing:
 
 
 Item = LogEntry | Gap | dict[str, Any] | SendPong | SendPing
+
+
+class Batch(list[LogEntry]):
+    """Records fanned out together, in order. Their WebSocket frames are joined once, for
+    every client that is written the whole batch at once (see :attr:`Client.write_now`)."""
+
+    _frames: bytes | None = None
+
+    def ws_frames(self) -> bytes:
+        if self._frames is None:
+            self._frames = ws_frames(self)
+        return self._frames
 
 
 class SlowClientPolicy(enum.StrEnum):
@@ -95,7 +107,7 @@ class Client:
         self.liveness: Liveness | None = None
         # Writes records at once, without the writer, when the connection can take them
         # without waiting (see offer); returns whether it did. The connection sets it.
-        self.write_now: Callable[[Sequence[LogEntry]], bool] | None = None
+        self.write_now: Callable[[Batch], bool] | None = None
         # Whether the writer is waiting for something to send (nothing in flight).
         self._writer_idle = False
         self._queue: deque[LogEntry] = deque(maxlen=maxlen)
@@ -107,7 +119,7 @@ class Client:
         if self._control or self._replay_next <= self._replay_end:
             self._wake.set()
 
-    def offer(self, entries: Sequence[LogEntry]) -> None:
+    def offer(self, entries: Batch) -> None:
         """Queue live records that matched, in order (hub side; never blocks).
 
         A client that is all caught up (its writer waiting, nothing queued, no replay or gap
@@ -318,10 +330,11 @@ class Hub:
             history.append(entry)
             if encode:
                 entry.data  # noqa: B018 - made (and kept) now
+        everything = Batch(entries)
         lowest = min(entry.levelno for entry in entries)
         for client in list(self.clients):
             flt = client.filter
-            client.offer(entries if flt.takes_all(lowest) else flt.select(entries))
+            client.offer(everything if flt.takes_all(lowest) else Batch(flt.select(entries)))
 
     def finish_all(self, code: int, reason: str) -> None:
         for client in list(self.clients):

@@ -22,7 +22,7 @@ import termios
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ from ._auth import FailureThrottle, KeyRing, TicketBook, bearer_token, is_loopba
 from ._filters import Filter, FilterError, filter_from_query
 from ._handoff import Handoff
 from ._history import Gap, SinceError, parse_id
-from ._hub import Client, ClientState, Hub, Item, SendPing, SendPong, SlowClientPolicy
+from ._hub import Batch, Client, ClientState, Hub, Item, SendPing, SendPong, SlowClientPolicy
 from ._openapi import openapi_document
 from ._protocol import (
     ClientMessage,
@@ -705,11 +705,8 @@ class LogServer:
                 async with asyncio.timeout(stall):
                     await (ws.ping() if isinstance(item, SendPing) else ws.pong(item.data))
                 continue
-            if isinstance(item, _wire.LogEntry):
-                frames.append(item.ws_frame)  # framed once, for every client
-            else:
-                data = _message(item)
-                frames += (_wire.ws_text_frame_header(len(data)), data)
+            data = item.data if isinstance(item, _wire.LogEntry) else _message(item)
+            frames += (_wire.ws_text_frame_header(len(data)), data)
         if frames:
             await _write_in_slices(write, b"".join(frames), stall)
 
@@ -740,10 +737,8 @@ class LogServer:
         return transport
 
 
-def _writer_now(
-    ws: web.WebSocketResponse, transport: asyncio.Transport
-) -> Callable[[Sequence[_wire.LogEntry]], bool]:
-    """:attr:`Client.write_now` for a WebSocket: the records' frames, in one write straight
+def _writer_now(ws: web.WebSocketResponse, transport: asyncio.Transport) -> Callable[[Batch], bool]:
+    """:attr:`Client.write_now` for a WebSocket: the batch's frames, in one write straight
     to the transport, only while it has nothing buffered (the peer keeps up) and the socket
     is open; otherwise ``False``, and the writer (with its deadlines) takes over.
 
@@ -752,10 +747,10 @@ def _writer_now(
     without a thousand task switches.
     """
 
-    def write_now(entries: Sequence[_wire.LogEntry]) -> bool:
+    def write_now(batch: Batch) -> bool:
         if ws.closed or transport.is_closing() or transport.get_write_buffer_size():
             return False
-        transport.write(b"".join([entry.ws_frame for entry in entries]))
+        transport.write(batch.ws_frames())  # joined once for every client that gets it all
         return True
 
     return write_now
