@@ -486,3 +486,18 @@ async def test_pending_reply_keeps_records_behind_it() -> None:
     entries = accept(hub, 1)
 
     assert ([], [{"type": "pong"}, *entries]) == (written, await writer)
+
+
+async def test_batch_that_matches_nothing_does_not_wake_the_writer() -> None:
+    """A client whose filter takes none of a batch is left alone: no write, no wakeup."""
+    hub = make_hub()
+    client = hub.connect(Filter(level=40), None)
+    calls: list[list[LogEntry]] = []
+    client.write_now = lambda entries: calls.append(list(entries)) or False
+    writer = await idle_writer(client)
+
+    accept(hub, 3)  # INFO records
+    await asyncio.sleep(0)
+
+    assert ([], False) == (calls, writer.done())
+    writer.cancel()

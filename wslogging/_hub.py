@@ -127,6 +127,8 @@ class Client:
         connection can take them without waiting: one write, and no task switch, per client
         per batch. Otherwise they wait for the writer, which keeps the order.
         """
+        if not entries:
+            return  # nothing matched: the writer has no reason to wake
         queue = self._queue
         if (
             self._writer_idle
