@@ -23,6 +23,8 @@ import aiohttp
 
 LOG_PREFIX = b'{"type":"log"'
 GAP_PREFIX = b'{"type":"gap"'
+# How a latency benchmark's message starts: the log call's time.time_ns() follows.
+STAMP = b'"log":"t='
 # How many connections are opened at once (the servers listen with a backlog of 128).
 CONNECT_CONCURRENCY = 50
 
@@ -121,7 +123,12 @@ class _Counting:
 
 
 class RawClient(_Counting, asyncio.Protocol):
-    """A minimal RFC 6455 client that counts records from frame headers and answers pings."""
+    """A minimal RFC 6455 client that counts records from frame headers and answers pings.
+
+    With :attr:`latencies` set to a list, it also keeps each stamped record's delivery latency.
+    """
+
+    latencies: list[int] | None = None
 
     def __init__(self, request: bytes, group: Group | None) -> None:
         """``request`` is the handshake to send once connected."""
@@ -180,6 +187,8 @@ class RawClient(_Counting, asyncio.Protocol):
                 prefix = buf[pos + head : pos + head + len(LOG_PREFIX)]
                 if prefix == LOG_PREFIX:
                     self.logs += 1
+                    if self.latencies is not None:
+                        self._stamp(buf, pos + head, end)
                 elif prefix == GAP_PREFIX:
                     self.on_text(bytes(buf[pos + head : end]))
             elif opcode == 0x9 and self.transport is not None:
@@ -189,6 +198,14 @@ class RawClient(_Counting, asyncio.Protocol):
             pos = end
         del buf[:pos]
         self.check()
+
+    def _stamp(self, buf: bytearray, start: int, end: int) -> None:
+        """Keep log call -> receipt (ns) of a record whose message starts with
+        ``t=<time.time_ns() of the log call>`` (see latency.py)."""
+        assert self.latencies is not None
+        at = buf.find(STAMP, start, min(end, start + 96))
+        if at >= 0:
+            self.latencies.append(time.time_ns() - int(buf[at + len(STAMP) : at + len(STAMP) + 19]))
 
     def close(self) -> None:
         """Drop the connection."""

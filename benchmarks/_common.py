@@ -13,6 +13,15 @@ from collections.abc import Iterable, Sequence
 KEY = "bench-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 HOST = "127.0.0.1"
+# The columns every delivery-latency table ends with.
+LATENCY_COLUMNS = (
+    "p50 ms",
+    "p99 ms",
+    "max ms",
+    "p99 vs 0 stalled",
+    "RSS growth MiB",
+    "client_drops",
+)
 
 
 def median(values: Iterable[float]) -> float:

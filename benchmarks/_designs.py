@@ -95,6 +95,9 @@ class Design:
         """Design-specific counters (drops), for the tables."""
         return {}
 
+    def read_history(self) -> None:
+        """Read whatever history the design keeps, as a reconnecting client would."""
+
     def close(self) -> None:
         """Stop serving (bounded in time)."""
         raise NotImplementedError
@@ -112,13 +115,21 @@ class WslDesign(Design):
         self.port = self.handler.port
         self.logger = bench_logger(self.name, self.handler)
 
+    def _get(self, path: str) -> Any:
+        """``GET path`` from the handler's server, as JSON."""
+        request = urllib.request.Request(f"{self.handler.url}{path}", headers=AUTH)  # noqa: S310
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            return json.load(response)
+
     def stats(self) -> dict[str, Any]:
         """``GET /api/stats`` (public), plus the handler's own drop count."""
-        request = urllib.request.Request(f"{self.handler.url}/api/stats", headers=AUTH)  # noqa: S310
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-            stats: dict[str, Any] = json.load(response)
+        stats: dict[str, Any] = self._get("/api/stats")
         stats["records_dropped"] = self.handler.records_dropped
         return stats
+
+    def read_history(self) -> None:
+        """``GET /api/logs`` for all of the history (10,000 records at most by default)."""
+        self._get("/api/logs?since=0&limit=10000")
 
     def client_count(self) -> int:
         """Connected clients as ``/api/stats`` reports them."""

@@ -11,20 +11,25 @@ everything. The time after the loop until the background side has handled every 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import collections
 import gc
 import logging
 import logging.handlers
 import multiprocessing
 import queue
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import janus
 from _common import AUTH, KEY, environment, median, print_table, ratio
 
 import wslogging
+from wslogging._handoff import Handoff
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_PREFIX = '{"type":"log"'
@@ -65,6 +70,7 @@ class Case:
     close: Callable[[], None] = lambda: None
     handler: logging.Handler | None = None
     loop_us: list[float] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)
     total_us: list[float] = field(default_factory=list)
     logged: int = 0
 
@@ -176,16 +182,139 @@ def run_case(case: Case, calls: int, timed: bool) -> None:
     """One timed loop of ``calls`` logging calls, then wait for the background side."""
     gc.collect()
     info = case.logger.info
+    cpu = time.thread_time_ns()
     start = time.perf_counter_ns()
     for n in range(calls):
         info("msg %d", n, extra={"k": n})
     end = time.perf_counter_ns()
+    cpu = time.thread_time_ns() - cpu
     case.logged += calls
     case.drain(case.logged)
     drained = time.perf_counter_ns()
     if timed:
         case.loop_us.append((end - start) / calls / 1000)
+        case.cpu_us.append(cpu / calls / 1000)
         case.total_us.append((drained - start) / calls / 1000)
+
+
+# -- the hand-off alone ----------------------------------------------------------------------
+
+
+class LoopThread:
+    """An asyncio loop in a daemon thread, as wslogging's server has."""
+
+    def __init__(self) -> None:
+        """Start the loop."""
+        self.loop = asyncio.new_event_loop()
+        self.wakeups = 0
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        real = self.loop.call_soon_threadsafe
+
+        def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
+            """Count every wakeup the app's thread asks of the loop."""
+            self.wakeups += 1
+            return real(callback, *args, **kwargs)
+
+        self.loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+
+    def run(self, coro: Any) -> Any:
+        """Run ``coro`` on the loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    def close(self) -> None:
+        """Cancel the loop's tasks, then stop it (bounded)."""
+
+        async def cancel_all() -> None:
+            """Cancel every other task and wait for them."""
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self.run(cancel_all())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+def handoff_cases(loops: list[LoopThread]) -> list[tuple[str, Callable[[Any], Any], LoopThread]]:
+    """Ways to pass an object from the app's thread to a consumer: each is a put function, and
+    the loop (whose wakeups are counted) on which its consumer runs, if any."""
+    idle, awaiting, wsl = LoopThread(), LoopThread(), LoopThread()
+    loops += [idle, awaiting, wsl]
+
+    async def make_janus() -> janus.Queue[Any]:
+        """A janus queue bound to the running loop."""
+        return janus.Queue(maxsize=10_000_000)
+
+    janus_idle = idle.run(make_janus())
+    janus_awaited = awaiting.run(make_janus())
+
+    async def consume_janus() -> None:
+        """janus's own way: ``await async_q.get()`` for every item."""
+        while True:
+            await janus_awaited.async_q.get()
+
+    awaiting.loop.call_soon_threadsafe(lambda: awaiting.loop.create_task(consume_janus()))
+    handoff: Handoff[Any] = Handoff(10_000_000, wsl.loop)
+
+    async def consume_handoff() -> None:
+        """wslogging's way: batches, waking only when idle."""
+        while True:
+            await handoff.get_batch(1000)
+
+    wsl.loop.call_soon_threadsafe(lambda: wsl.loop.create_task(consume_handoff()))
+    plain = LoopThread.__new__(LoopThread)  # no loop involved: a zero wakeup count
+    plain.wakeups = 0
+    return [
+        ("collections.deque.append", collections.deque().append, plain),
+        ("queue.SimpleQueue.put", queue.SimpleQueue().put, plain),
+        ("queue.Queue.put_nowait (nobody waiting)", queue.Queue().put_nowait, plain),
+        ("janus sync_q.put_nowait, consumer not waiting", janus_idle.sync_q.put_nowait, idle),
+        (
+            "janus sync_q.put_nowait, consumer awaiting async_q.get()",
+            janus_awaited.sync_q.put_nowait,
+            awaiting,
+        ),
+        ("wslogging Handoff.put (janus; wakes an idle consumer)", handoff.put, wsl),
+    ]
+
+
+def handoff_table(calls: int, reps: int) -> None:
+    """µs per put for each way of handing an object over, with its loop wakeups."""
+    loops: list[LoopThread] = []
+    cases = handoff_cases(loops)
+    times: dict[str, list[float]] = {name: [] for name, _, _ in cases}
+    wakeups: dict[str, int] = dict.fromkeys(times, 0)
+    item = object()
+    try:
+        for rep in range(reps + 1):  # the first round warms up
+            for name, put, loop in cases[rep % len(cases) :] + cases[: rep % len(cases)]:
+                before = loop.wakeups
+                start = time.perf_counter_ns()
+                for _ in range(calls):
+                    put(item)
+                elapsed = time.perf_counter_ns() - start
+                if rep:
+                    times[name].append(elapsed / calls / 1000)
+                    wakeups[name] += loop.wakeups - before
+    finally:
+        for loop in loops:
+            loop.close()
+    print_table(
+        f"The hand-off alone: µs per put from the app's thread (median of {reps} runs of "
+        f"{calls} puts)",
+        ["put", "µs/put", "loop wakeups per 1,000 puts"],
+        [[name, median(times[name]), 1000 * wakeups[name] / (reps * calls)] for name in times],
+        [
+            "a consumer that runs shares the GIL with the app's thread: its work shows up in "
+            "the wall time of the puts, as it does for a logging call",
+            "loop wakeups: call_soon_threadsafe calls (a write to the loop's self-pipe, and "
+            "a GIL handoff) that the puts caused",
+        ],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
                     us,
                     ratio(us, queue_us),
                     us - null_us,
+                    median(case.cpu_us),
                     median(case.total_us),
                     case.dropped(),
                     case.client_drops(),
@@ -246,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
             "µs/call",
             "vs QueueHandler",
             "µs above Null",
+            "app-thread CPU µs",
             "µs/call incl. drain",
             "records_dropped",
             "client_drops",
@@ -256,12 +387,15 @@ def main(argv: list[str] | None = None) -> int:
             "QueueListener's handler is a NullHandler; its queue.Queue holds two runs",
             "prepare() only: the rendering WebSocketHandler does on the app thread, with no "
             "hand-off and no server thread involved",
+            "app-thread CPU: the logging thread's own CPU time (time.thread_time) per call, "
+            "without the time it waits for the GIL while the background thread runs",
             "incl. drain: until the background side has handled every record "
             "(listener done / server accepted it / client received it)",
             "records_dropped: records the handler could not queue (app->server queue full); "
             "client_drops: records dropped for the slow client (GET /api/stats)",
         ],
     )
+    handoff_table(calls, reps)
     return 0
 
 

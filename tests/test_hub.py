@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 from _records import make_entry
 
-from wslogging import _hub
+from wslogging import _hub, _wire
 from wslogging._filters import Filter
 from wslogging._history import Gap
 from wslogging._hub import BATCH, Client, ClientState, Hub, Item, SlowClientPolicy
-from wslogging._wire import LogEntry, encode_entry
+from wslogging._wire import LogEntry, encode_entry, ws_frames
 
 HELLO = {"type": "hello"}
 # Long enough never to expire while the loop has work; short enough for an idle client.
@@ -36,7 +37,7 @@ def accept(hub: Hub, count: int, **entry: Any) -> list[LogEntry]:
     """Accept ``count`` new entries; returns them."""
     entries = [make_entry(f"m{n}", **entry) for n in range(count)]
     for e in entries:
-        hub.accept(e)
+        hub.accept([e])
     return entries
 
 
@@ -61,16 +62,17 @@ def test_accept_assigns_consecutive_ids() -> None:
     assert [first, first + 1, first + 2] == [e.id for e in entries]
 
 
-def test_accept_encodes_entry() -> None:
-    """``data`` is the entry's wire encoding, with its id."""
+def test_accept_leaves_encoding_to_first_reader() -> None:
+    """Accepting does not encode; ``data`` is then the entry's wire encoding, with its id."""
     hub = make_hub()
 
     (entry,) = accept(hub, 1)
 
+    assert None is entry._data
     assert (encode_entry(entry), str(entry.id)) == (entry.data, entry.to_dict()["id"])
 
 
-async def test_accept_encodes_once_for_all_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_entry_encoded_once_for_all_clients(monkeypatch: pytest.MonkeyPatch) -> None:
     """One encoding per entry, and the same bytes object reaches every client."""
     calls: list[LogEntry] = []
 
@@ -78,14 +80,15 @@ async def test_accept_encodes_once_for_all_clients(monkeypatch: pytest.MonkeyPat
         calls.append(entry)
         return encode_entry(entry)
 
-    monkeypatch.setattr(_hub, "encode_entry", counting_encode)
+    monkeypatch.setattr(_wire, "encode_entry", counting_encode)
     hub = make_hub()
     clients = [hub.connect(Filter(), None) for _ in range(3)]
 
     (entry,) = accept(hub, 1)
 
     batches = [await c.next_batch(wait=IDLE) for c in clients]
-    assert ([entry], [[entry]] * 3) == (calls, batches)
+    sent = {id(e.data) for batch in batches for e in batch if isinstance(e, LogEntry)}
+    assert ([entry], [[entry]] * 3, 1) == (calls, batches, len(sent))
 
 
 # -- order of what a client gets ------------------------------------------------------------
@@ -425,3 +428,88 @@ async def test_clients_are_counted_per_key() -> None:
     first.closed()
     second.kick(1008, "gone")
     assert (0, 1, 0) == (hub.clients_of(b"a"), hub.clients_of(b"b"), hub.clients_of(b"c"))
+
+
+# -- writing at once ------------------------------------------------------------------------
+
+
+async def idle_writer(client: Client) -> asyncio.Task[list[Item] | None]:
+    """The client's writer, waiting for something to send."""
+    writer = asyncio.create_task(client.next_batch(wait=None))
+    await asyncio.sleep(0)
+    return writer
+
+
+async def test_caught_up_client_is_written_at_once() -> None:
+    """With its writer idle and nothing pending, a client's records go out through
+    ``write_now``, in order, and its writer is not woken."""
+    hub = make_hub()
+    client = hub.connect(Filter(), None)
+    written: list[LogEntry] = []
+    client.write_now = lambda entries: written.extend(entries) or True
+    writer = await idle_writer(client)
+
+    entries = accept(hub, 3)
+
+    assert (entries, False) == (written, writer.done())
+    writer.cancel()
+
+
+async def test_whole_batch_framed_once_for_every_client() -> None:
+    """Clients that get a whole batch are written the same bytes object: joined once."""
+    hub = make_hub()
+    clients = [hub.connect(Filter(), None) for _ in range(3)]
+    written: list[bytes] = []
+    writers = []
+    for client in clients:
+        client.write_now = lambda batch: written.append(batch.ws_frames()) or True
+        writers.append(await idle_writer(client))
+
+    entries = [make_entry(f"m{n}") for n in range(4)]
+    hub.accept(entries)
+
+    assert [ws_frames(entries)] * 3 == written
+    assert 1 == len({id(frames) for frames in written})
+    for writer in writers:
+        writer.cancel()
+
+
+async def test_records_wait_for_the_writer_when_the_connection_cannot_take_them() -> None:
+    """When ``write_now`` declines (the peer has bytes pending), the writer sends them."""
+    hub = make_hub()
+    client = hub.connect(Filter(), None)
+    client.write_now = lambda entries: False
+    writer = await idle_writer(client)
+
+    entries = accept(hub, 2)
+
+    assert entries == await writer
+
+
+async def test_pending_reply_keeps_records_behind_it() -> None:
+    """A reply waiting for the writer goes first: records are not written past it."""
+    hub = make_hub()
+    client = hub.connect(Filter(), None)
+    written: list[LogEntry] = []
+    client.write_now = lambda entries: written.extend(entries) or True
+    writer = await idle_writer(client)
+    client.send_control({"type": "pong"})
+
+    entries = accept(hub, 1)
+
+    assert ([], [{"type": "pong"}, *entries]) == (written, await writer)
+
+
+async def test_batch_that_matches_nothing_does_not_wake_the_writer() -> None:
+    """A client whose filter takes none of a batch is left alone: no write, no wakeup."""
+    hub = make_hub()
+    client = hub.connect(Filter(level=40), None)
+    calls: list[list[LogEntry]] = []
+    client.write_now = lambda entries: calls.append(list(entries)) or False
+    writer = await idle_writer(client)
+
+    accept(hub, 3)  # INFO records
+    await asyncio.sleep(0)
+
+    assert ([], False) == (calls, writer.done())
+    writer.cancel()

@@ -24,7 +24,8 @@ from conftest import (
 from openapi_spec_validator import validate
 
 import wslogging
-from wslogging.server import _HANDSHAKE_HEADERS
+from wslogging._hub import BATCH
+from wslogging.server import _HANDSHAKE_HEADERS, new_event_loop
 
 log = logging.getLogger("app.worker")
 Configure = Callable[..., wslogging.WebSocketHandler]
@@ -426,6 +427,8 @@ async def test_forgotten_since_gets_gap_then_oldest(
     await ws.close()
     for n in range(10):
         log.info("n%d", n)
+    # All of them in history (and half of them gone from it) before the client comes back.
+    await async_wait_until(lambda: handler._server.hub.stats()["records_accepted"] == 11)
     ws = await connect(session, handler, f"?since={first['id']}")
     assert {"type": "gap", "missed": 5, "reason": "history"} == await receive_json(ws)
     assert [f"n{n}" for n in range(5, 10)] == [r["log"] for r in await receive_logs(ws, 5)]
@@ -957,3 +960,48 @@ async def test_oversized_messages_are_refused(
     await async_wait_until(lambda: handler._server.hub.stats()["clients"] == 0)
     other = await connect(session, handler)
     await other.close()
+
+
+async def test_batched_writes_deliver_every_record_in_order(
+    configure: Configure, session: aiohttp.ClientSession
+) -> None:
+    """Records taken from the app's queue, fanned out and written in batches reach a WebSocket
+    and an SSE client all, in order, with consecutive ids, across many batch boundaries (more
+    records than a batch, logged by three threads at once, each thread's in its order)."""
+    per_thread, threads = 2 * BATCH + 123, 3
+    total = per_thread * threads
+    handler = configure(client_queue_size=total, queue_size=total)
+    ws = await connect(session, handler)
+    sse = await session.get(f"{handler.url}/api/get-logs-stream?limit={total}", headers=AUTH)
+    await async_wait_until(lambda: handler._server.hub.stats()["clients"] == 2)
+
+    def app(thread: int) -> None:
+        for n in range(per_thread):
+            log.info("t%d n%d", thread, n)
+
+    await asyncio.gather(*(asyncio.to_thread(app, t) for t in range(threads)))
+    by_ws = await receive_logs(ws, total)
+    by_sse = [json.loads(e["data"]) for e in await read_sse(sse)]
+
+    first = int(by_ws[0]["id"])
+    assert [str(first + n) for n in range(total)] == [r["id"] for r in by_ws]
+    assert by_ws == by_sse
+    for t in range(threads):
+        mine = [r["log"] for r in by_ws if r["log"].startswith(f"t{t} ")]
+        assert [f"t{t} n{n}" for n in range(per_thread)] == mine
+    await ws.close()
+
+
+@pytest.mark.parametrize(("setting", "uvloop_expected"), [("1", True), ("0", False), ("", False)])
+def test_uvloop_only_when_asked(
+    setting: str, uvloop_expected: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server runs on uvloop's loop only with ``WSLOGGING_UVLOOP=1`` (and uvloop there)."""
+    uvloop = pytest.importorskip("uvloop")
+    monkeypatch.setenv("WSLOGGING_UVLOOP", setting)
+
+    loop = new_event_loop()
+    try:
+        assert uvloop_expected == isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()

@@ -8,13 +8,15 @@ import logging
 import socket
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable
 
 import aiohttp
 import websockets
-from conftest import AUTH, KEY, TIMEOUT, async_wait_until, connect, receive_logs
+from conftest import AUTH, KEY, TIMEOUT, async_wait_until, connect, receive_logs, wait_until
 
 import wslogging
+from wslogging.server import WRITE_SLICE
 
 log = logging.getLogger("app.burst")
 Configure = Callable[..., wslogging.WebSocketHandler]
@@ -230,3 +232,45 @@ async def test_half_open_client_is_dropped_while_records_flow(configure: Configu
             log.info("trickle %s", PADDING)
             await asyncio.sleep(0.05)
     silent.close()
+
+
+async def test_memory_with_stalled_clients_stays_within_the_bounds(configure: Configure) -> None:
+    """Four readers that never read (three WebSocket, one SSE) while far more is logged than
+    the bounds hold: the process's memory grows by what the app's queue, history, the clients'
+    queues and their write buffers may hold, not with what was logged (traced with
+    tracemalloc, which sees every thread's allocations)."""
+    queue_size, history, client_queue = 200, 100, 50
+    handler = configure(queue_size=queue_size, history=history, client_queue_size=client_queue)
+
+    def accepted() -> int:
+        return int(handler._server.hub.stats()["records_accepted"])
+
+    stalled = [stalled_websocket(handler) for _ in range(3)] + [stalled_event_stream(handler)]
+    await async_wait_until(lambda: handler._server.hub.stats()["clients"] == len(stalled))
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+
+        def app() -> None:
+            # In steps the app's queue can hold, so that every record goes through the hub.
+            for n in range(BURST):
+                log.info("n=%d %s", n, PADDING)
+                if n % 100 == 99:
+                    wait_until(lambda: accepted() > n)  # noqa: B023 - called at once
+
+        await asyncio.to_thread(app)
+        peak = tracemalloc.get_traced_memory()[1] - baseline
+    finally:
+        tracemalloc.stop()
+
+    # A record of 2 KB is held at most three times over (its message, JSON and frame); each
+    # client has a queue and a batch being written, plus what one write slice leaves buffered.
+    record = 3 * (len(PADDING) + 500)
+    per_client = 2 * client_queue * record + 2 * WRITE_SLICE
+    bound = (queue_size + history) * record + len(stalled) * per_client
+    logged = BURST * (len(PADDING) + 500)
+    assert peak < bound < len(stalled) * logged / 2, (peak, bound)
+    assert 0 == handler.records_dropped
+    assert handler._server.hub.client_drops > 0
+    for sock in stalled:
+        sock.close()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import os
 import re
 import sys
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -24,6 +26,7 @@ from wslogging._wire import (
     render_record,
     sse_event,
     sse_retry,
+    ws_frames,
     ws_text_frame_header,
 )
 
@@ -303,21 +306,121 @@ def test_json_safe_huge_int_dumps() -> None:
 # -- dumps ----------------------------------------------------------------------------------
 
 
-def test_dumps_compact() -> None:
+@pytest.fixture(params=["orjson", "stdlib"])
+def json_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with orjson (the ``fast`` extra) and with the stdlib fallback."""
+    if request.param == "orjson":
+        pytest.importorskip("orjson")
+    else:
+        monkeypatch.setattr(_wire, "_orjson_dumps", None)
+    return str(request.param)
+
+
+def test_dumps_compact(json_backend: str) -> None:
     """No spaces after separators."""
     assert b'{"a":[1,2],"b":null}' == dumps({"a": [1, 2], "b": None})
 
 
-def test_dumps_keeps_non_ascii() -> None:
+def test_dumps_keeps_non_ascii(json_backend: str) -> None:
     """Non-ASCII text is UTF-8, not escaped."""
     assert '{"m":"héllo ✓ 日本"}'.encode() == dumps({"m": "héllo ✓ 日本"})
 
 
-def test_dumps_lone_surrogate_valid_json() -> None:
+def test_dumps_lone_surrogate_valid_json(json_backend: str) -> None:
     """A string with a lone surrogate still gives valid UTF-8 JSON with the same text."""
     data = dumps({"m": "a\ud800b é"})
 
     assert {"m": "a\ud800b é"} == json.loads(data.decode("utf-8"))
+
+
+def test_dumps_holds_just_its_bytes(json_backend: str) -> None:
+    """What dumps returns takes about its length in memory (history keeps thousands)."""
+    values = [{"log": "x" * 3000, "n": n} for n in range(50)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [dumps(value) for value in values]
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+    assert used < 1.5 * sum(len(data) for data in kept)
+
+
+class _Text(str):
+    pass
+
+
+class _Number(int):
+    pass
+
+
+class _Real(float):
+    pass
+
+
+class _Level(enum.IntEnum):
+    WARN = 30
+
+
+class _Colour(enum.StrEnum):
+    RED = "red"
+
+
+# What json_safe() lets through, and what orjson handles differently from the stdlib or refuses.
+AWKWARD_VALUES = [
+    'ctrl \x00\x1f\x7f \u2028\u2029 quote" back\\ slash/ \b\f\n\r\t é 😀',
+    2**63 - 1,
+    2**63,
+    2**64,
+    -(2**63) - 1,
+    2**1000,
+    _Text("sub"),
+    _Number(5),
+    _Real(1.5),
+    _Level.WARN,
+    _Colour.RED,
+    {_Text("key"): 1},
+    0.1,
+    -0.0,
+    1e16,
+    5e-324,
+    [1, [2, {"a": None}]],
+    "\ud800",
+]
+
+
+@pytest.mark.parametrize("value", AWKWARD_VALUES, ids=repr)
+def test_dumps_orjson_writes_what_the_stdlib_writes(
+    value: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With and without orjson, the same bytes: what orjson refuses goes to the stdlib."""
+    pytest.importorskip("orjson")
+    fast = dumps({"v": value})
+    monkeypatch.setattr(_wire, "_orjson_dumps", None)
+
+    assert dumps({"v": value}) == fast
+
+
+def test_dumps_orjson_spells_small_exponents_shorter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one difference: orjson writes ``1.5e-7`` where the stdlib writes ``1.5e-07``."""
+    pytest.importorskip("orjson")
+    fast = dumps(1.5e-7)
+    monkeypatch.setattr(_wire, "_orjson_dumps", None)
+
+    assert (b"1.5e-7", b"1.5e-07", 1.5e-7) == (fast, dumps(1.5e-7), json.loads(fast))
+
+
+@pytest.mark.parametrize("value", AWKWARD_VALUES, ids=repr)
+def test_encoded_record_is_spec_json(value: object, json_backend: str) -> None:
+    """A record with any extra encodes to the SPEC object on both paths."""
+    record = make_record(extra={"v": value})
+    entry = render_record(record, "m")
+    entry.id = 7
+
+    decoded = json.loads(encode_entry(entry))
+
+    assert entry.to_dict() == decoded
 
 
 # -- LogEntry / encode_entry ----------------------------------------------------------------
@@ -344,11 +447,42 @@ def test_to_dict_is_spec_record() -> None:
     assert expected == entry.to_dict()
 
 
-def test_new_entry_has_no_id_or_data() -> None:
-    """An entry gets its id and bytes only when the server accepts it."""
+def test_new_entry_has_no_id_or_bytes() -> None:
+    """An entry gets its id when the server accepts it, and its bytes when first read."""
     entry = make_entry()
 
-    assert (0, b"") == (entry.id, entry.data)
+    assert (0, None) == (entry.id, entry._data)
+
+
+def test_entry_bytes_made_once() -> None:
+    """``data`` is made on first use, and is the same object after that."""
+    entry = make_entry()
+    entry.id = 42
+
+    data = entry.data
+
+    assert encode_entry(entry) == data
+    assert entry.data is data
+
+
+def test_ws_frames_one_after_the_other() -> None:
+    """Entries become consecutive text frames, each its header and its JSON."""
+    entries = [make_entry("a"), make_entry("b" * 200)]
+
+    expected = b"".join(ws_text_frame_header(len(e.data)) + e.data for e in entries)
+    assert expected == ws_frames(entries)
+
+
+def test_encode_entry_of_unencodable_entry_says_why() -> None:
+    """An entry made by hand with values JSON cannot hold still encodes, with a note."""
+    entry = make_entry()
+    entry.fields = {"obj": object()}
+    entry.log = b"bytes"  # type: ignore[assignment]
+
+    record = json.loads(encode_entry(entry))
+
+    assert ("b'bytes'", None) == (record["log"], record["exc"])
+    assert record["fields"]["wslogging_error"].startswith("record could not be encoded: ")
 
 
 def test_entry_pid_defaults_to_this_process() -> None:

@@ -82,6 +82,22 @@ class Filter:
                 return False
         return True
 
+    def takes_all(self, lowest: int) -> bool:
+        """Whether every record of level ``lowest`` or above matches: whether a batch whose
+        lowest level is ``lowest`` can be passed on without looking at each record."""
+        return (
+            self.level <= lowest
+            and not self.loggers
+            and not self.categories
+            and self.grep is None
+            and not self.fields
+        )
+
+    def select(self, entries: Iterable[LogEntry]) -> list[LogEntry]:
+        """The entries that match, in order."""
+        matches = self.matches
+        return [entry for entry in entries if matches(entry)]
+
     def to_json(self) -> dict[str, Any]:
         """The filter as the ``hello`` / ``subscribed`` frames show it."""
         return {

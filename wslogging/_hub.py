@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._filters import Filter
 from ._history import Gap, History
 from ._protocol import Liveness
-from ._wire import LogEntry, encode_entry
+from ._wire import LogEntry, ws_frames
 
 # Records handed to one writer per wakeup: bounds the work (and the write) per turn.
 BATCH = 500
@@ -44,6 +43,18 @@ class SendPing:
 
 
 Item = LogEntry | Gap | dict[str, Any] | SendPong | SendPing
+
+
+class Batch(list[LogEntry]):
+    """Records fanned out together, in order. Their WebSocket frames are joined once, for
+    every client that is written the whole batch at once (see :attr:`Client.write_now`)."""
+
+    _frames: bytes | None = None
+
+    def ws_frames(self) -> bytes:
+        if self._frames is None:
+            self._frames = ws_frames(self)
+        return self._frames
 
 
 class SlowClientPolicy(enum.StrEnum):
@@ -96,7 +107,12 @@ class Client:
         self.abort: Callable[[], None] | None = None
         # WebSocket liveness, kept by the connection's writer.
         self.liveness: Liveness | None = None
-        self._queue: deque[LogEntry] = deque()
+        # Writes records at once, without the writer, when the connection can take them
+        # without waiting (see offer); returns whether it did. The connection sets it.
+        self.write_now: Callable[[Batch], bool] | None = None
+        # Whether the writer is waiting for something to send (nothing in flight).
+        self._writer_idle = False
+        self._queue: deque[LogEntry] = deque(maxlen=maxlen)
         self._control: list[Item] = first
         # Ids in [replay_next, replay_end] are read from history; later ones arrive via offer().
         self._replay_next = start_id
@@ -105,16 +121,37 @@ class Client:
         if self._control or self._replay_next <= self._replay_end:
             self._wake.set()
 
-    def offer(self, entry: LogEntry) -> None:
-        """Queue a live record that matched (hub side; never blocks)."""
-        if len(self._queue) >= self.maxlen:
+    def offer(self, entries: Batch) -> None:
+        """Queue live records that matched, in order (hub side; never blocks).
+
+        A client that is all caught up (its writer waiting, nothing queued, no replay or gap
+        or reply pending) gets them written at once through :attr:`write_now`, when the
+        connection can take them without waiting: one write, and no task switch, per client
+        per batch. Otherwise they wait for the writer, which keeps the order.
+        """
+        if not entries:
+            return  # nothing matched: the writer has no reason to wake
+        queue = self._queue
+        if (
+            self._writer_idle
+            and self.state is ClientState.LIVE
+            and not queue
+            and not self._control
+            and not self.dropped
+            and self._replay_next > self._replay_end
+            and self.write_now is not None
+            and self.write_now(entries)
+        ):
+            return
+        overflow = len(queue) + len(entries) - self.maxlen
+        if overflow > 0:
             if self.policy is SlowClientPolicy.DISCONNECT:
+                queue.extend(entries[: len(entries) - overflow])  # kick() counts them
                 self.kick(1008, "client too slow: its queue is full")
                 return
-            self._queue.popleft()
-            self.dropped += 1
-            self.hub.client_drops += 1
-        self._queue.append(entry)
+            self.dropped += overflow
+            self.hub.client_drops += overflow
+        queue.extend(entries)  # a deque with a maxlen: forgets the oldest beyond it
         self._wake.set()
 
     def send_control(self, message: dict[str, Any] | SendPong) -> None:
@@ -133,7 +170,7 @@ class Client:
         """Replace the filter now: queued records that the new filter rejects are dropped
         (not counted: the client asked), so everything after the reply obeys it."""
         self.filter = flt
-        self._queue = deque(e for e in self._queue if flt.matches(e))
+        self._queue = deque(flt.select(self._queue), maxlen=self.maxlen)
 
     def kick(self, code: int, reason: str) -> None:
         """Close this client with ``code``: cleanly if its writer is free, else cut it off
@@ -195,11 +232,14 @@ class Client:
         """What to send next, in order. ``[]`` when ``wait`` seconds passed with nothing to send
         (time for a heartbeat); ``None`` when the stream is over and should be closed."""
         if not self._wake.is_set() and self.state is ClientState.LIVE:
+            self._writer_idle = True
             try:
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
             except TimeoutError:
                 return []
+            finally:
+                self._writer_idle = False
         items = self._take()
         if not items and self.state is not ClientState.LIVE:
             return None
@@ -293,20 +333,29 @@ class Hub:
             if not self._per_key[client.key]:
                 del self._per_key[client.key]
 
-    def accept(self, entry: LogEntry) -> None:
-        """Number, encode (once, for everyone) and keep ``entry``, and queue it for every
-        client whose filter matches."""
-        entry.id = self.history.next_id
-        try:
-            entry.data = encode_entry(entry)
-        except Exception as exc:  # render_record() should make this impossible; never stall
-            entry.fields = {"wslogging_error": f"record could not be encoded: {exc!r}"}
-            entry.created, entry.exc = time.time(), None
-            entry.data = encode_entry(entry)  # if this raises too, the record is not kept
-        self.history.append(entry)
+    def accept(self, entries: Sequence[LogEntry]) -> None:
+        """Number and keep ``entries``, in order, then queue for every client, in one go,
+        those its filter matches.
+
+        Per batch rather than per record, so that the cost per client is one filter pass and
+        one queue extension per batch. Each record is encoded here, once for every client,
+        when there are clients; with none, only when first read (:attr:`LogEntry.data`).
+        Encoding here rather than in the writers keeps the pace of acceptance to what the
+        server can send, so that a burst does not fill the queues of clients that keep up.
+        """
+        if not entries:
+            return
+        history = self.history
+        encode = bool(self.clients)
+        for entry in entries:
+            history.append(entry)
+            if encode:
+                entry.data  # noqa: B018 - made (and kept) now
+        everything = Batch(entries)
+        lowest = min(entry.levelno for entry in entries)
         for client in list(self.clients):
-            if client.filter.matches(entry):
-                client.offer(entry)
+            flt = client.filter
+            client.offer(everything if flt.takes_all(lowest) else Batch(flt.select(entries)))
 
     def finish_all(self, code: int, reason: str) -> None:
         for client in list(self.clients):

@@ -1,7 +1,7 @@
 """The embedded aiohttp server: routes, auth, and its lifecycle in a daemon thread of its own.
 
 The app's threads reach the server only through :meth:`LogServer.submit` (a bounded janus
-queue); nothing else crosses between the two sides.
+queue, see :class:`Handoff`); nothing else crosses between the two sides.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import fcntl
 import json
 import logging
 import math
+import os
 import socket
 import ssl
 import struct
@@ -26,7 +27,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import janus
 from aiohttp import WSMsgType, web
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -40,8 +40,9 @@ from ._auth import (
     is_loopback_host,
 )
 from ._filters import Filter, FilterError, filter_from_query
+from ._handoff import Handoff
 from ._history import Gap, SinceError, parse_id
-from ._hub import Client, ClientState, Hub, Item, SendPing, SendPong, SlowClientPolicy
+from ._hub import Batch, Client, ClientState, Hub, Item, SendPing, SendPong, SlowClientPolicy
 from ._openapi import openapi_document
 from ._protocol import (
     ClientMessage,
@@ -68,6 +69,8 @@ _WS_READ_LIMIT = 1024 * 1024
 # Records accepted from the queue per turn of the loop before the writers get to run. Also
 # kept to half a client queue, so a client that keeps up never loses records to batching.
 _ACCEPT_BATCH = 1000
+# Longest rest of the consumer between two batches (see _consume).
+MAX_REST = 0.01
 # Default and largest page of ``GET /api/logs``.
 PAGE_DEFAULT = 1000
 PAGE_MAX = 10000
@@ -248,7 +251,7 @@ class LogServer:
         )
         self.port = 0
         self.thread_id: int | None = None
-        self._queue: janus.Queue[_wire.LogEntry] | None = None
+        self._handoff: Handoff[_wire.LogEntry] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[asyncio.Task[Any]] = set()
@@ -285,10 +288,10 @@ class LogServer:
             sock = self._bind()  # an earlier server of this process has just let the port go
         _servers.add(self)
         self.port = sock.getsockname()[1]
-        self._queue = janus.Queue(maxsize=self.options.queue_size)
         # Made here, on the caller's thread: asyncio logs while making a loop, and in the
         # server thread that log call could wait for the lock dictConfig holds around us.
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_event_loop()
+        self._handoff = Handoff(self.options.queue_size, self._loop)
         self.state = ServerState.RUNNING
         self._thread = threading.Thread(
             target=self._run, args=(sock, ssl_context), name="wslogging-server", daemon=True
@@ -321,15 +324,10 @@ class LogServer:
     def submit(self, entry: _wire.LogEntry) -> bool:
         """Hand ``entry`` to the server without waiting (any thread). ``False`` when the
         queue is full or the server is not running: the caller counts the drop."""
-        queue = self._queue
-        if queue is None or self.state is not ServerState.RUNNING:
+        handoff = self._handoff
+        if handoff is None or self.state is not ServerState.RUNNING:
             return False
-        try:
-            # janus takes its own lock and wakes the loop only when the consumer is waiting.
-            queue.sync_q.put_nowait(entry)
-        except (janus.SyncQueueFull, janus.SyncQueueShutDown):
-            return False
-        return True
+        return handoff.put(entry)
 
     def set_keys(self, keys: tuple[str, ...]) -> None:
         """Accept ``keys`` from now on (any thread); streams opened with any other key are
@@ -422,23 +420,26 @@ class LogServer:
 
     async def _consume(self) -> None:
         """Move records from the app's queue into the hub, in batches, never awaiting a
-        client."""
-        assert self._queue is not None
-        queue = self._queue.async_q
+        client.
+
+        Paced by its own cost: after a batch it rests as long as the batch took (at most
+        :data:`MAX_REST` seconds) before it takes the next. Fanning a record out to a thousand
+        clients costs a thousand writes whether it goes alone or with others, so under load
+        the records that come meanwhile go out together, in one write per client, and the
+        server spends at most about half its time writing; with few clients the rest is
+        next to nothing.
+        """
+        assert self._handoff is not None
+        get_batch = self._handoff.get_batch
         accept = self._accept
         batch = max(1, min(_ACCEPT_BATCH, self.options.client_queue_size // 2))
-        try:
-            while True:
-                accept(await queue.get())
-                for _ in range(batch - 1):
-                    try:
-                        entry = queue.get_nowait()
-                    except janus.AsyncQueueEmpty:
-                        break
-                    accept(entry)
-                await asyncio.sleep(0)  # let the writers run between batches
-        except janus.AsyncQueueShutDown:
-            return  # closing, and everything queued has been accepted
+        clock = time.thread_time  # the work done, not the time spent waiting for the GIL
+        # [] once closing, and everything queued has been accepted.
+        while entries := await get_batch(batch):
+            began = clock()
+            accept(entries)
+            # Also lets the writers run between batches.
+            await asyncio.sleep(min(clock() - began, MAX_REST))
 
     def _close_revoked(self) -> None:
         """Close every stream whose key is no longer accepted (server thread)."""
@@ -446,13 +447,16 @@ class LogServer:
             if client.key not in self._keys:
                 client.kick(*REVOKED)
 
-    def _accept(self, entry: _wire.LogEntry) -> None:
-        """:meth:`Hub.accept`, guarded: a bug there must cost one record, not the stream."""
+    def _accept(self, entries: list[_wire.LogEntry]) -> None:
+        """:meth:`Hub.accept`, guarded: a bug there must cost one batch, not the stream."""
         try:
-            self.hub.accept(entry)
+            self.hub.accept(entries)
         except Exception as exc:
-            self.hub.records_failed += 1
-            print(f"wslogging: a record could not be served: {exc!r}", file=sys.stderr)
+            self.hub.records_failed += len(entries)
+            print(
+                f"wslogging: {len(entries)} record(s) could not be served: {exc!r}",
+                file=sys.stderr,
+            )
 
     def _begin_shutdown(self, budget: float) -> None:
         """Start :meth:`_shutdown` once, however many times it is asked for; if the server
@@ -473,10 +477,10 @@ class LogServer:
         # The port first: a handler configured anew on it can bind it at once.
         await self._site.stop()
         self._released.set()
-        assert self._queue is not None
+        assert self._handoff is not None
         # Later submits fail fast; the consumer drains what is queued at its usual pace (so
         # clients that keep up lose nothing), then stops.
-        self._queue.shutdown()
+        self._handoff.shutdown()
         try:
             async with asyncio.timeout_at(deadline):
                 await self._consumer
@@ -561,7 +565,7 @@ class LogServer:
     async def _stats(self, request: web.Request) -> web.Response:
         stats: dict[str, Any] = self.hub.stats()
         stats["records_dropped"] = self._dropped()
-        stats["queue_size"] = self._queue.sync_q.qsize() if self._queue else 0
+        stats["queue_size"] = self._handoff.qsize() if self._handoff else 0
         stats["epoch"] = self.hub.epoch
         return _json(stats)
 
@@ -768,6 +772,8 @@ class LogServer:
         heartbeat = self.options.heartbeat
         loop = asyncio.get_running_loop()
         liveness = client.liveness = Liveness(heartbeat, loop.time())
+        if transport is not None:
+            client.write_now = _writer_now(ws, transport)
         try:
             while True:
                 items = await client.next_batch(heartbeat)
@@ -842,6 +848,42 @@ class LogServer:
         transport = request.transport
         client.abort = transport.abort if transport is not None else None
         return transport
+
+
+def _writer_now(ws: web.WebSocketResponse, transport: asyncio.Transport) -> Callable[[Batch], bool]:
+    """:attr:`Client.write_now` for a WebSocket: the batch's frames, in one write straight
+    to the transport, only while it has nothing buffered (the peer keeps up) and the socket
+    is open; otherwise ``False``, and the writer (with its deadlines) takes over.
+
+    Called only while the connection's writer is idle, so nothing else is being written: the
+    frames go out whole and in order. This is how one record reaches a thousand clients
+    without a thousand task switches.
+    """
+
+    def write_now(batch: Batch) -> bool:
+        if ws.closed or transport.is_closing() or transport.get_write_buffer_size():
+            return False
+        transport.write(batch.ws_frames())  # joined once for every client that gets it all
+        return True
+
+    return write_now
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The server's loop: uvloop's when ``WSLOGGING_UVLOOP=1`` is set and uvloop is installed
+    (the ``fast`` extra does not install it), else asyncio's own.
+
+    Opt-in: uvloop cuts the server's own CPU per client, but it is another C extension in
+    someone else's process, and asyncio's loop is what every test runs on by default.
+    """
+    if os.environ.get("WSLOGGING_UVLOOP", "").strip() == "1":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def _unsent(transport: asyncio.BaseTransport | None) -> int | None:
