@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import KEY, TIMEOUT, wait_until
+from conftest import KEY, TIMEOUT, raw_http, wait_until
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 import wslogging
@@ -122,6 +122,7 @@ def test_enter_the_key_and_see_records_arrive(
     page.on("request", lambda request: urls.append(request.url))
     page.on("websocket", lambda ws: urls.append(ws.url))
     log.info("from history")
+    wait_until(lambda: len(handler._server.hub.history) >= 1)  # type: ignore[union-attr]
     open_viewer(page, handler)
     expect(rows(page, "from history")).to_have_count(1)
 
@@ -167,6 +168,51 @@ def test_a_wrong_key_shows_a_clear_message(handler: wslogging.WebSocketHandler, 
     page.press("#key", "Enter")
     expect(page.locator("body")).to_have_attribute("data-conn", "live")
     expect(page.locator("#login-error")).to_be_hidden()
+
+
+def test_a_key_beyond_ascii_works(configure: Configure, page: Page) -> None:
+    """A key with any characters is sent as UTF-8, as the server compares it."""
+    handler = configure(api_keys=["ключ-🔑"])
+    open_viewer(page, handler, key="ключ-🔑")
+    log.info("through a unicode key")
+    expect(rows(page, "through a unicode key")).to_have_count(1)
+
+
+def test_a_revoked_key_asks_for_a_key_again(
+    handler: wslogging.WebSocketHandler, page: Page
+) -> None:
+    """When the server stops accepting the key, the stream is closed and the page, finding
+    the key refused on reconnecting, asks for one again."""
+    open_viewer(page, handler)
+    handler.set_api_keys(["another-key"])
+    expect(page.locator("#login-error")).to_have_text(
+        "Wrong API key: the server refused it (invalid API key). Enter it again."
+    )
+    assert page.evaluate("sessionStorage.getItem('wslogging.key')") is None
+
+
+def test_throttling_is_reported_and_waited_out(
+    handler: wslogging.WebSocketHandler, page: Page
+) -> None:
+    """After too many failures from this address (429), the page says so and when it will
+    try again, instead of taking the key for a wrong one."""
+    refusal = (
+        b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer nope\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    answers = (raw_http(handler.port, refusal) for _ in range(100))
+    assert any(answer.startswith(b"HTTP/1.1 429") for answer in answers)
+    page.goto(f"{handler.url}/")
+    page.fill("#key", KEY)
+    page.press("#key", "Enter")
+    expect(page.locator("#status")).to_have_text(
+        re.compile(
+            r"^Refused for now: too many failed key attempts from this address; "
+            r"reconnecting in \d+\.0 s$"
+        )
+    )
+    expect(page.locator("body")).to_have_attribute("data-conn", "retrying")
+    expect(page.locator("#login-view")).to_be_hidden()
 
 
 def test_filters_apply_on_the_server(handler: wslogging.WebSocketHandler, page: Page) -> None:
@@ -241,6 +287,32 @@ def test_a_server_restart_shows_the_gap_and_the_stream_continues(
     )
     assert before < marker < after
     expect(page.locator("body")).to_have_attribute("data-conn", "live")
+
+
+def test_records_missed_while_away_are_shown_and_counted(configure: Configure, page: Page) -> None:
+    """Back after missing more than the server's history holds, the page resumes after the
+    last record it got: a gap marker counting what is lost, then the rest, none twice."""
+    handler = configure(history=100)
+    open_viewer(page, handler)
+    log.info("before leaving")
+    expect(rows(page, "before leaving")).to_have_count(1)
+    handler.set_api_keys(["another-key"])  # the page is cut off and asks for a key
+    expect(page.locator("#login-view")).to_be_visible()
+    for n in range(500):
+        log.info("away %d", n)
+    hub = handler._server.hub  # type: ignore[union-attr]
+    wait_until(lambda: 501 == hub.stats()["records_accepted"])
+    handler.set_api_keys([KEY])
+    page.fill("#key", KEY)
+    page.press("#key", "Enter")
+    expect(rows(page, "away 499")).to_have_count(1)
+    expect(page.locator("#log .gap")).to_have_text(
+        "— gap: 400 records missed (no longer in the server's history) —"
+    )
+    expect(page.locator("#n-dropped")).to_have_text("400")
+    expect(page.locator("#n-received")).to_have_text("101")
+    messages = page.locator("#log .row .m").all_text_contents()
+    assert ["before leaving"] + [f"away {n}" for n in range(400, 500)] == messages
 
 
 def test_auto_scroll_stops_when_scrolled_up(

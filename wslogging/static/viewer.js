@@ -37,6 +37,7 @@
     timer: null,
     filter: { level: null, logger: [], grep: null },
     paused: false,
+    unseen: 0, // records received since Pause
     follow: true,
     received: 0,
     dropped: 0,
@@ -52,7 +53,7 @@
   class Refused extends Error {}
   class Throttled extends Error {
     constructor(seconds) {
-      super(`too many failed attempts from this address; wait ${seconds} s`);
+      super("too many failed key attempts from this address");
       this.seconds = seconds;
     }
   }
@@ -116,7 +117,7 @@
       if (error instanceof Refused) {
         showLogin(`Wrong API key: the server refused it (${error.message}). Enter it again.`);
       } else if (error instanceof Throttled) {
-        retry(`Refused: ${error.message}`, error.seconds * 1000);
+        retry(`Refused for now: ${error.message}`, error.seconds * 1000);
       } else {
         retry(`Cannot reach the server (${error.message})`);
       }
@@ -195,6 +196,7 @@
 
   function onLog(frame) {
     state.received++;
+    if (state.paused) state.unseen++;
     state.lastId = frame.id;
     add({ kind: "log", frame });
   }
@@ -273,9 +275,7 @@
       (state.unknownGaps ? ` + ${state.unknownGaps} unknown` : "");
     $("n-shown").textContent = state.entries.length.toLocaleString("en");
     const pause = $("pause");
-    pause.textContent = state.paused
-      ? `Resume (${state.pending.filter((e) => e.kind === "log").length} new)`
-      : "Pause";
+    pause.textContent = state.paused ? `Resume (${state.unseen.toLocaleString("en")} new)` : "Pause";
   }
 
   function span(className, text) {
@@ -408,6 +408,7 @@
 
   $("pause").addEventListener("click", () => {
     state.paused = !state.paused;
+    state.unseen = 0;
     body.dataset.paused = String(state.paused);
     $("pause").setAttribute("aria-pressed", String(state.paused));
     flush();
@@ -416,6 +417,7 @@
   $("clear").addEventListener("click", () => {
     state.entries.length = 0;
     state.pending = [];
+    state.unseen = 0;
     logEl.textContent = "";
     showCounters();
   });
