@@ -17,6 +17,7 @@
   const STICKY = 24;
   const KEY_STORE = "wslogging.key";
   const LEVELS = [[50, "critical"], [40, "error"], [30, "warning"], [20, "info"], [0, "debug"]];
+  const LEVEL_NAMES = { 10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL" };
   const GAP_REASONS = {
     history: "no longer in the server's history",
     slow_client: "this viewer fell behind",
@@ -184,7 +185,9 @@
         break;
       case "subscribed":
         body.dataset.filter = "applied";
-        note(`Filter applied by the server: ${describe(state.filter)}`);
+        // The server's own account of the filter: with several changes in flight, the one
+        // this answer is for.
+        note(`Filter applied by the server: ${describe(frame.filter)}`);
         break;
       case "error":
         setConn("live", `Live; the server said: ${frame.detail}`);
@@ -209,11 +212,15 @@
     return `gap: ${count} missed (${GAP_REASONS[frame.reason] || frame.reason})`;
   }
 
+  // A filter as the page keeps it or as the server echoes it (level a number there).
   function describe(filter) {
     const parts = [];
-    if (filter.level) parts.push(`level ≥ ${filter.level}`);
-    if (filter.logger.length) parts.push(`logger ${filter.logger.join(", ")}`);
+    const level = LEVEL_NAMES[filter.level] || filter.level;
+    if (level) parts.push(`level ≥ ${level}`);
+    if (filter.logger?.length) parts.push(`logger ${filter.logger.join(", ")}`);
+    if (filter.category?.length) parts.push(`category ${filter.category.join(", ")}`);
     if (filter.grep) parts.push(`text "${filter.grep}"`);
+    for (const [key, value] of Object.entries(filter.fields || {})) parts.push(`${key}=${value}`);
     return parts.length ? parts.join(" · ") : "none (every record)";
   }
 
