@@ -95,6 +95,11 @@ def rows(page: Page, text: str | None = None) -> Any:
     return found if text is None else found.filter(has_text=text)
 
 
+def last_note(page: Page) -> Any:
+    """The newest note row (a filter applied or refused)."""
+    return page.locator("#log .note").last
+
+
 def messages_after_last_note(page: Page) -> list[str]:
     """The messages of the rows after the newest note (a filter applied, say)."""
     return list(
@@ -219,9 +224,7 @@ def test_filters_apply_on_the_server(handler: wslogging.WebSocketHandler, page: 
     """Level, logger prefix and text re-subscribe; afterwards only matching records arrive."""
     open_viewer(page, handler)
     page.select_option("#f-level", "WARNING")
-    expect(page.locator("#log .note").last).to_have_text(
-        "— Filter applied by the server: level ≥ WARNING —"
-    )
+    expect(last_note(page)).to_have_text("— Filter applied by the server: level ≥ WARNING —")
     log.info("quiet info")
     log.warning("loud warning")
     expect(rows(page, "loud warning")).to_have_count(1)
@@ -231,7 +234,7 @@ def test_filters_apply_on_the_server(handler: wslogging.WebSocketHandler, page: 
     page.fill("#f-logger", "app.db")
     page.fill("#f-grep", "needle")
     page.click("#apply")
-    expect(page.locator("#log .note").last).to_have_text(
+    expect(last_note(page)).to_have_text(
         '— Filter applied by the server: logger app.db · text "needle" —'
     )
     logging.getLogger("app.db").debug("no match here")
@@ -241,6 +244,30 @@ def test_filters_apply_on_the_server(handler: wslogging.WebSocketHandler, page: 
     logging.getLogger("app.db").info("the last needle")
     expect(rows(page, "the last needle")).to_have_count(1)
     assert ["a needle in the pool", "the last needle"] == messages_after_last_note(page)
+
+
+def test_a_refused_filter_keeps_the_previous_one(configure: Configure, page: Page) -> None:
+    """A filter the server refuses (too many prefixes) is reported, and the one in force stays,
+    on this connection and the next."""
+    handler = configure()
+    open_viewer(page, handler)
+    page.select_option("#f-level", "ERROR")
+    expect(last_note(page)).to_contain_text("level ≥ ERROR")
+    page.fill("#f-logger", " ".join(f"app.p{n}" for n in range(40)))
+    page.press("#f-logger", "Enter")
+    expect(last_note(page)).to_have_text(
+        "— Filter refused by the server (at most 32 logger values); the previous one stays —"
+    )
+    log.warning("still filtered out")
+    log.error("still let through")
+    expect(rows(page, "still let through")).to_have_count(1)
+    assert 0 == rows(page, "still filtered out").count()
+
+    configure(port=handler.port)  # a restart: the page reconnects, its filter in the URL
+    log.warning("filtered out after the restart")
+    log.error("let through after the restart")
+    expect(rows(page, "let through after the restart")).to_have_count(1)
+    assert 0 == rows(page, "filtered out after").count()
 
 
 def test_pause_and_resume_lose_nothing(handler: wslogging.WebSocketHandler, page: Page) -> None:

@@ -37,6 +37,9 @@
     backoff: BACKOFF_MIN,
     timer: null,
     filter: { level: null, logger: [], grep: null },
+    // The last filter the server accepted: restored if it refuses a new one, so that the
+    // next connection's URL never carries a filter it would refuse.
+    accepted: { level: null, logger: [], grep: null },
     paused: false,
     unseen: 0, // records received since Pause
     follow: true,
@@ -185,12 +188,20 @@
         break;
       case "subscribed":
         body.dataset.filter = "applied";
+        state.accepted = state.filter;
         // The server's own account of the filter: with several changes in flight, the one
         // this answer is for.
         note(`Filter applied by the server: ${describe(frame.filter)}`);
         break;
       case "error":
-        setConn("live", `Live; the server said: ${frame.detail}`);
+        if (body.dataset.filter === "pending") {
+          // The one message this page sends that the server may refuse is a filter.
+          body.dataset.filter = "refused";
+          state.filter = state.accepted;
+          note(`Filter refused by the server (${frame.detail}); the previous one stays`);
+        } else {
+          setConn("live", `Live; the server said: ${frame.detail}`);
+        }
         break;
       default:
         break; // pong, and frame types added later
