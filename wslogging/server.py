@@ -55,6 +55,7 @@ from ._protocol import (
 )
 from ._redact import DEFAULT_FIELDS, DEFAULT_MASK, RedactingFilter
 from ._version import __version__
+from ._viewer import viewer_page
 
 # Routes anyone may reach; every other one needs a key.
 PUBLIC_PATHS = frozenset({"/", "/healthz", "/openapi.json"})
@@ -552,7 +553,13 @@ class LogServer:
     # -- routes ---------------------------------------------------------------------------
 
     async def _index(self, request: web.Request) -> web.Response:
-        return web.Response(text=_INDEX_HTML, content_type="text/html")
+        page = viewer_page()  # read from the package once, then cached
+        return web.Response(
+            body=page.html,
+            content_type="text/html",
+            charset="utf-8",
+            headers=page.headers(request.headers.get("Host")),
+        )
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return _json({"status": "ok"})
@@ -944,17 +951,3 @@ def _holds_logging_lock() -> bool:
     """Whether this thread holds logging's module lock (an RLock, which knows its owner)."""
     is_owned = getattr(getattr(logging, "_lock", None), "_is_owned", None)
     return bool(is_owned is not None and is_owned())
-
-
-_INDEX_HTML = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>wslogging</title></head>
-<body><h1>wslogging</h1>
-<p>This server streams logs live. Connect with an API key:</p>
-<ul>
-<li>WebSocket: <code>/ws/logs</code></li>
-<li>Server-Sent Events: <code>/api/get-logs-stream</code></li>
-<li>JSON page of recent records: <code>/api/logs</code></li>
-</ul>
-<p>Send the key as <code>Authorization: Bearer &lt;key&gt;</code>.</p>
-</body></html>
-"""

@@ -1,0 +1,487 @@
+"""The web viewer at ``/`` in headless Chromium, driven with Playwright against a live server.
+
+The server runs in its own thread (the ``handler`` fixture), so these tests are plain
+functions using Playwright's sync API. Without ``/usr/bin/chromium`` they are skipped, except
+under CI (``CI=true``), where a missing browser fails them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import KEY, TIMEOUT, raw_http, wait_until
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+import wslogging
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+# The viewer's bound on the entries in the page (MAX_ROWS in viewer.js).
+MAX_ROWS = 5000
+
+log = logging.getLogger("app.viewer")
+Configure = Callable[..., wslogging.WebSocketHandler]
+expect.set_options(timeout=TIMEOUT * 1000)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"no browser at {CHROMIUM}: .ci/run installs Debian's chromium package")
+        pytest.skip(f"no browser at {CHROMIUM} (apt-get install chromium); CI=true fails instead")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def new_page(browser: Browser) -> Iterator[Callable[..., Page]]:
+    """Pages in fresh contexts (their own session storage); a script error or a
+    Content-Security-Policy violation in any of them fails the test."""
+    contexts = []
+    problems: list[str] = []
+
+    def make(**options: Any) -> Page:
+        context = browser.new_context(accept_downloads=True, **options)
+        contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.on(
+            "console",
+            lambda message: (
+                problems.append(message.text) if "Content Security Policy" in message.text else None
+            ),
+        )
+        return page
+
+    yield make
+    for context in contexts:
+        context.close()
+    assert [] == problems
+
+
+@pytest.fixture
+def page(new_page: Callable[..., Page]) -> Page:
+    return new_page()
+
+
+def open_viewer(page: Page, handler: wslogging.WebSocketHandler, key: str = KEY) -> None:
+    """Load the page, enter the key, and wait until the stream is live."""
+    page.goto(f"{handler.url}/")
+    page.fill("#key", key)
+    page.press("#key", "Enter")
+    expect(page.locator("body")).to_have_attribute("data-conn", "live")
+
+
+def rows(page: Page, text: str | None = None) -> Any:
+    """The record rows, or those containing ``text``."""
+    found = page.locator("#log .row")
+    return found if text is None else found.filter(has_text=text)
+
+
+def last_note(page: Page) -> Any:
+    """The newest note row (a filter applied or refused)."""
+    return page.locator("#log .note").last
+
+
+def messages_after_last_note(page: Page) -> list[str]:
+    """The messages of the rows after the newest note (a filter applied, say)."""
+    return list(
+        page.evaluate(
+            """() => {
+                const notes = document.querySelectorAll('#log .note');
+                const out = [];
+                for (let el = notes[notes.length - 1].nextElementSibling; el;
+                     el = el.nextElementSibling) {
+                    if (el.classList.contains('row')) out.push(el.querySelector('.m').textContent);
+                }
+                return out;
+            }"""
+        )
+    )
+
+
+def test_enter_the_key_and_see_records_arrive(
+    handler: wslogging.WebSocketHandler, page: Page
+) -> None:
+    """History first, then live records as rows with time, coloured level, logger and message;
+    a row expands (click, Enter, Space) to its fields and traceback. The key is kept in session
+    storage and never appears in a URL; log text is shown as text, never as HTML."""
+    urls: list[str] = []
+    page.on("request", lambda request: urls.append(request.url))
+    page.on("websocket", lambda ws: urls.append(ws.url))
+    log.info("from history")
+    wait_until(lambda: len(handler._server.hub.history) >= 1)  # type: ignore[union-attr]
+    open_viewer(page, handler)
+    expect(rows(page, "from history")).to_have_count(1)
+
+    try:
+        raise ValueError("bad value")
+    except ValueError:
+        log.exception("it failed", extra={"order": 7})
+    log.warning("<img src=x onerror=alert(1)>")
+    row = rows(page, "it failed")
+    expect(row).to_have_class(re.compile(r"\brow error has-exc\b"))
+    expect(row.locator(".lv")).to_have_text("ERROR")
+    expect(row.locator(".lg")).to_have_text("app.viewer")
+    expect(row.locator(".t")).to_have_text(re.compile(r"^\d\d:\d\d:\d\d\.\d{3}$"))
+    expect(rows(page, "<img src=x").locator(".m")).to_have_text("<img src=x onerror=alert(1)>")
+    assert 0 == page.locator("#log img").count()
+
+    row.focus()
+    page.keyboard.press("Enter")
+    expect(row).to_have_attribute("aria-expanded", "true")
+    expect(row.locator(".details")).to_contain_text("fields.order7")
+    expect(row.locator(".details .exc")).to_contain_text("ValueError: bad value")
+    page.keyboard.press(" ")
+    expect(row.locator(".details")).to_have_count(0)
+    row.click()
+    expect(row.locator(".details")).to_have_count(1)
+
+    assert KEY == page.evaluate("sessionStorage.getItem('wslogging.key')")
+    assert any("ticket=" in url for url in urls if url.startswith("ws:"))
+    assert [] == [url for url in urls if KEY in url]
+
+
+def test_a_wrong_key_shows_a_clear_message(handler: wslogging.WebSocketHandler, page: Page) -> None:
+    """A refused key says so, forgets the key and asks again; the right one then works."""
+    page.goto(f"{handler.url}/")
+    page.fill("#key", "wrong-key")
+    page.press("#key", "Enter")
+    expect(page.locator("#login-error")).to_have_text(
+        "Wrong API key: the server refused it (invalid API key). Enter it again."
+    )
+    expect(page.locator("#key")).to_be_focused()
+    assert page.evaluate("sessionStorage.getItem('wslogging.key')") is None
+    page.fill("#key", KEY)
+    page.press("#key", "Enter")
+    expect(page.locator("body")).to_have_attribute("data-conn", "live")
+    expect(page.locator("#login-error")).to_be_hidden()
+
+
+def test_a_key_beyond_ascii_works(configure: Configure, page: Page) -> None:
+    """A key with any characters is sent as UTF-8, as the server compares it."""
+    handler = configure(api_keys=["ключ-🔑"])
+    open_viewer(page, handler, key="ключ-🔑")
+    log.info("through a unicode key")
+    expect(rows(page, "through a unicode key")).to_have_count(1)
+
+
+def test_a_revoked_key_asks_for_a_key_again(
+    handler: wslogging.WebSocketHandler, page: Page
+) -> None:
+    """When the server stops accepting the key, the stream is closed and the page, finding
+    the key refused on reconnecting, asks for one again."""
+    open_viewer(page, handler)
+    handler.set_api_keys(["another-key"])
+    expect(page.locator("#login-error")).to_have_text(
+        "Wrong API key: the server refused it (invalid API key). Enter it again."
+    )
+    assert page.evaluate("sessionStorage.getItem('wslogging.key')") is None
+
+
+def test_throttling_is_reported_and_waited_out(
+    handler: wslogging.WebSocketHandler, page: Page
+) -> None:
+    """After too many failures from this address (429), the page says so and when it will
+    try again, instead of taking the key for a wrong one."""
+    refusal = (
+        b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer nope\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    answers = (raw_http(handler.port, refusal) for _ in range(100))
+    assert any(answer.startswith(b"HTTP/1.1 429") for answer in answers)
+    page.goto(f"{handler.url}/")
+    page.fill("#key", KEY)
+    page.press("#key", "Enter")
+    expect(page.locator("#status")).to_have_text(
+        re.compile(
+            r"^Refused for now: too many failed key attempts from this address; "
+            r"reconnecting in \d+\.0 s$"
+        )
+    )
+    expect(page.locator("body")).to_have_attribute("data-conn", "retrying")
+    expect(page.locator("#login-view")).to_be_hidden()
+
+
+def test_filters_apply_on_the_server(handler: wslogging.WebSocketHandler, page: Page) -> None:
+    """Level, logger prefix and text re-subscribe; afterwards only matching records arrive."""
+    open_viewer(page, handler)
+    page.select_option("#f-level", "WARNING")
+    expect(last_note(page)).to_have_text("— Filter applied by the server: level ≥ WARNING —")
+    log.info("quiet info")
+    log.warning("loud warning")
+    expect(rows(page, "loud warning")).to_have_count(1)
+    assert ["loud warning"] == messages_after_last_note(page)
+
+    page.select_option("#f-level", "")
+    page.fill("#f-logger", "app.db")
+    page.fill("#f-grep", "needle")
+    page.click("#apply")
+    expect(last_note(page)).to_have_text(
+        '— Filter applied by the server: logger app.db · text "needle" —'
+    )
+    logging.getLogger("app.db").debug("no match here")
+    logging.getLogger("app.dbx").info("needle, other logger")
+    logging.getLogger("app").error("needle, parent logger")
+    logging.getLogger("app.db.pool").debug("a needle in the pool")
+    logging.getLogger("app.db").info("the last needle")
+    expect(rows(page, "the last needle")).to_have_count(1)
+    assert ["a needle in the pool", "the last needle"] == messages_after_last_note(page)
+
+
+def test_a_refused_filter_keeps_the_previous_one(configure: Configure, page: Page) -> None:
+    """A filter the server refuses (too many prefixes) is reported, and the one in force stays,
+    on this connection and the next."""
+    handler = configure()
+    open_viewer(page, handler)
+    page.select_option("#f-level", "ERROR")
+    expect(last_note(page)).to_contain_text("level ≥ ERROR")
+    page.fill("#f-logger", " ".join(f"app.p{n}" for n in range(40)))
+    page.press("#f-logger", "Enter")
+    expect(last_note(page)).to_have_text(
+        "— Filter refused by the server (at most 32 logger values); the previous one stays —"
+    )
+    log.warning("still filtered out")
+    log.error("still let through")
+    expect(rows(page, "still let through")).to_have_count(1)
+    assert 0 == rows(page, "still filtered out").count()
+
+    configure(port=handler.port)  # a restart: the page reconnects, its filter in the URL
+    log.warning("filtered out after the restart")
+    log.error("let through after the restart")
+    expect(rows(page, "let through after the restart")).to_have_count(1)
+    assert 0 == rows(page, "filtered out after").count()
+
+
+def test_pause_and_resume_lose_nothing(handler: wslogging.WebSocketHandler, page: Page) -> None:
+    """While paused, records are received but not shown; resuming shows them all, in order."""
+    open_viewer(page, handler)
+    log.info("before the pause")
+    expect(rows(page, "before the pause")).to_have_count(1)
+    page.click("#pause")
+    expect(page.locator("#pause")).to_have_attribute("aria-pressed", "true")
+    for n in range(50):
+        log.info("paused %d", n)
+    expect(page.locator("#pause")).to_have_text("Resume (50 new)")
+    expect(page.locator("#n-received")).to_have_text("51")
+    assert 0 == rows(page, "paused ").count()
+    page.click("#pause")
+    expect(rows(page, "paused ")).to_have_count(50)
+    assert [f"paused {n}" for n in range(50)] == rows(page, "paused ").locator(
+        ".m"
+    ).all_text_contents()
+    expect(page.locator("#pause")).to_have_text("Pause")
+
+
+def test_a_server_restart_shows_the_gap_and_the_stream_continues(
+    configure: Configure, page: Page
+) -> None:
+    """The page reconnects by itself after a restart on the same port, shows the gap marker
+    and counts an unknown drop, and goes on with the new server's records."""
+    first = configure()
+    open_viewer(page, first)
+    log.info("before the restart")
+    expect(rows(page, "before the restart")).to_have_count(1)
+
+    second = configure(port=first.port)  # dictConfig again: the old server closes with 1001
+    assert second.serving
+    log.info("after the restart")
+    expect(rows(page, "after the restart")).to_have_count(1)
+    gap = page.locator("#log .gap")
+    expect(gap).to_have_text("— gap: an unknown number of records missed (the server restarted) —")
+    expect(page.locator("#n-dropped")).to_have_text("0 + 1 unknown")
+    order = page.locator("#log > *").all_text_contents()
+    before, marker, after = (
+        next(i for i, text in enumerate(order) if needle in text)
+        for needle in ("before the restart", "gap:", "after the restart")
+    )
+    assert before < marker < after
+    expect(page.locator("body")).to_have_attribute("data-conn", "live")
+
+
+def test_records_missed_while_away_are_shown_and_counted(configure: Configure, page: Page) -> None:
+    """Back after missing more than the server's history holds, the page resumes after the
+    last record it got: a gap marker counting what is lost, then the rest, none twice."""
+    handler = configure(history=100)
+    open_viewer(page, handler)
+    log.info("before leaving")
+    expect(rows(page, "before leaving")).to_have_count(1)
+    handler.set_api_keys(["another-key"])  # the page is cut off and asks for a key
+    expect(page.locator("#login-view")).to_be_visible()
+    for n in range(500):
+        log.info("away %d", n)
+    hub = handler._server.hub  # type: ignore[union-attr]
+    wait_until(lambda: 501 == hub.stats()["records_accepted"])
+    handler.set_api_keys([KEY])
+    page.fill("#key", KEY)
+    page.press("#key", "Enter")
+    expect(rows(page, "away 499")).to_have_count(1)
+    expect(page.locator("#log .gap")).to_have_text(
+        "— gap: 400 records missed (no longer in the server's history) —"
+    )
+    expect(page.locator("#n-dropped")).to_have_text("400")
+    expect(page.locator("#n-received")).to_have_text("101")
+    messages = page.locator("#log .row .m").all_text_contents()
+    assert ["before leaving"] + [f"away {n}" for n in range(400, 500)] == messages
+
+
+def test_auto_scroll_stops_when_scrolled_up(
+    handler: wslogging.WebSocketHandler, new_page: Callable[..., Page]
+) -> None:
+    """The view follows the newest record until the user scrolls up; "Jump to newest"
+    follows again."""
+    page = new_page(viewport={"width": 800, "height": 400})
+    open_viewer(page, handler)
+    for n in range(100):
+        log.info("line %d", n)
+    expect(rows(page, "line 99")).to_be_in_viewport()
+    log_view = page.locator("#log")
+    log_view.evaluate("el => { el.scrollTop = 0; }")
+    expect(page.locator("#follow")).to_be_visible()
+    log.info("newer")
+    expect(rows(page, "newer")).to_have_count(1)
+    assert 0 == log_view.evaluate("el => el.scrollTop")
+    expect(rows(page, "newer")).not_to_be_in_viewport()
+    page.click("#follow")
+    expect(rows(page, "newer")).to_be_in_viewport()
+    expect(page.locator("#follow")).to_be_hidden()
+
+
+def test_download_and_clear(
+    handler: wslogging.WebSocketHandler, page: Page, tmp_path: Path
+) -> None:
+    """Download saves what is shown as JSON lines; Clear empties the view, not the counters."""
+    open_viewer(page, handler)
+    for n in range(3):
+        log.info("kept %d", n, extra={"n": n})
+    expect(rows(page, "kept 2")).to_have_count(1)
+    with page.expect_download() as download:
+        page.click("#download")
+    assert download.value.suggested_filename.endswith(".jsonl")
+    saved = tmp_path / "saved.jsonl"
+    download.value.save_as(saved)
+    frames = [json.loads(line) for line in saved.read_text().splitlines()]
+    kept = [frame for frame in frames if frame["log"].startswith("kept")]
+    assert [("log", f"kept {n}", {"n": n}) for n in range(3)] == [
+        (frame["type"], frame["log"], frame["fields"]) for frame in kept
+    ]
+    shown = len(frames)
+    page.click("#clear")
+    expect(rows(page)).to_have_count(0)
+    expect(page.locator("#n-shown")).to_have_text("0")
+    expect(page.locator("#n-received")).to_have_text(str(shown))
+
+
+def _contrast(foreground: str, background: str) -> float:
+    """WCAG contrast ratio of two CSS ``rgb(...)`` colours."""
+
+    def luminance(css: str) -> float:
+        channels = [int(c) / 255 for c in re.findall(r"\d+", css)[:3]]
+        r, g, b = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    low, high = sorted((luminance(foreground), luminance(background)))
+    return (high + 0.05) / (low + 0.05)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_themes_narrow_widths_and_keyboard(
+    handler: wslogging.WebSocketHandler, new_page: Callable[..., Page], scheme: str
+) -> None:
+    """Both themes follow the system setting, every level's text is readable (contrast of at
+    least 4.5:1), a phone-wide page has no sideways scrolling, and the rows are reachable and
+    usable with the keyboard, with a visible focus."""
+    page = new_page(color_scheme=scheme, viewport={"width": 360, "height": 640})
+    open_viewer(page, handler)
+    for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL):
+        log.log(level, "a rather long message at level %s, to see it wrap on a phone", level)
+    expect(rows(page, "at level 50")).to_have_count(1)
+    colours = page.evaluate(
+        """() => {
+            const background = (el) => {
+                for (; el; el = el.parentElement) {
+                    const bg = getComputedStyle(el).backgroundColor;
+                    if (bg !== 'rgba(0, 0, 0, 0)') return bg;
+                }
+                return 'rgb(255, 255, 255)';
+            };
+            return [...document.querySelectorAll('#log .row .lv, #log .row .m, #log .row .t')]
+                .map((el) => [el.textContent, getComputedStyle(el).color, background(el)]);
+        }"""
+    )
+    body_background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert (scheme == "dark") == (body_background == "rgb(13, 17, 23)")
+    low = [(text, _contrast(fg, bg)) for text, fg, bg in colours if _contrast(fg, bg) < 4.5]
+    assert [] == low
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+    page.focus("#logout")
+    page.keyboard.press("Tab")  # the first row comes right after the toolbar
+    first = rows(page).first
+    expect(first).to_be_focused()
+    assert "none" != first.evaluate("el => getComputedStyle(el).outlineStyle")
+    page.keyboard.press("End")
+    expect(rows(page).last).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(rows(page).last).to_have_attribute("aria-expanded", "true")
+
+
+def test_100000_records_keep_the_page_bounded_and_responsive(
+    configure: Configure, page: Page
+) -> None:
+    """100,000 records streamed in: every one is counted, the page keeps its bound of rows
+    (the newest ones), and the page's main thread never stalls long."""
+    count = 100_000
+    handler = configure(queue_size=count + 1000, client_queue_size=count + 1000)
+    open_viewer(page, handler)
+    # The longest pause between timer ticks of the page's main thread while records stream.
+    page.evaluate(
+        """() => {
+            window.longestStall = 0;
+            let last = performance.now();
+            setInterval(() => {
+                const now = performance.now();
+                window.longestStall = Math.max(window.longestStall, now - last);
+                last = now;
+            }, 20);
+        }"""
+    )
+    started = time.monotonic()
+    for n in range(count):
+        wslogging.broadcast_log_sync(f"bulk {n}")
+    logged = time.monotonic() - started
+    expect(page.locator("#n-received")).to_have_text(f"{count:,}", timeout=6 * TIMEOUT * 1000)
+    received = time.monotonic() - started
+    expect(rows(page).last).to_have_text(re.compile(f"bulk {count - 1}$"))
+    assert MAX_ROWS == page.locator("#log > *").count()
+    expect(rows(page).first).to_have_text(re.compile(f"bulk {count - MAX_ROWS}$"))
+    stall = page.evaluate("window.longestStall")
+
+    clicked = time.monotonic()
+    rows(page).last.click()
+    expect(rows(page).last.locator(".details")).to_have_count(1)
+    answered = time.monotonic() - clicked
+    print(
+        f"\n100k: logged in {logged:.1f} s, all received after {received:.1f} s, "
+        f"longest stall {stall:.0f} ms, click answered in {answered * 1000:.0f} ms"
+    )
+    assert stall < 2000
+    assert answered < 2.0
+    wait_until(lambda: handler.records_dropped == 0)
