@@ -505,6 +505,46 @@ def test_encode_entry_is_json_of_to_dict() -> None:
 
 
 @pytest.mark.parametrize(
+    "change",
+    [
+        {},
+        {"log": 'é \u2028 "q" \\ \x00', "logger": "a\tb", "category": "ü"},
+        {"fields": {"n": 1.5e-7, "big": 2**70, "deep": {"a": [None, True, -0.0]}}},
+        {"fields": {"lone": "\ud800"}},
+        {"log": "\udfff"},
+        {"levelno": True, "pid": None},
+        {"levelno": 20.0, "pid": 1.0},
+        {"created": 1e9 + 0.9999996},
+        {"created": -1.0},
+        {"created": 5},
+        {"id": 10**20},
+        {"exc": "Traceback\n  é"},
+    ],
+)
+def test_encode_entry_is_dumps_of_to_dict_byte_for_byte(change: dict[str, Any]) -> None:
+    """With or without orjson, and whatever an entry holds, ``encode_entry`` writes exactly
+    ``dumps(to_dict())``."""
+    entry = make_entry()
+    entry.id = 7
+    for name, value in change.items():
+        setattr(entry, name, value)
+
+    assert dumps(entry.to_dict()) == encode_entry(entry)
+
+
+def test_encode_entry_after_one_with_equal_but_other_typed_values() -> None:
+    """The parts kept from one record are not reused for another whose ``levelno`` or
+    ``pid`` is equal but not an ``int`` (``True == 1``)."""
+    entry, other = make_entry(), make_entry()
+    entry.levelno = other.pid = 1
+    other.levelno, other.pid = True, 1.0  # type: ignore[assignment]
+
+    encode_entry(entry)
+
+    assert dumps(other.to_dict()) == encode_entry(other)
+
+
+@pytest.mark.parametrize(
     ("created", "expected"),
     [
         (0.0, "1970-01-01T00:00:00.000000+00:00"),
