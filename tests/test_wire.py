@@ -473,6 +473,15 @@ def test_ws_frames_one_after_the_other() -> None:
     assert expected == ws_frames(entries)
 
 
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536])
+def test_ws_frames_header_at_every_length_boundary(size: int) -> None:
+    """Each frame's header is :func:`ws_text_frame_header` for its length, at every size."""
+    entry = make_entry()
+    entry._data = b"x" * size
+
+    assert ws_text_frame_header(size) + entry._data == ws_frames([entry])
+
+
 def test_encode_entry_of_unencodable_entry_says_why() -> None:
     """An entry made by hand with values JSON cannot hold still encodes, with a note."""
     entry = make_entry()
