@@ -107,8 +107,38 @@ def raise_nofile(needed: int) -> int:
 
 
 def environment() -> str:
-    """One line naming the interpreter and the machine, for the head of every report."""
+    """One line naming the interpreter, the machine, and how wslogging encodes JSON and runs
+    its loop here, for the head of every report."""
+    from wslogging import _wire
+
+    if _wire._orjson_dumps is not None:
+        from importlib.metadata import version
+
+        json_path = f"orjson {version('orjson')}"
+    else:
+        json_path = "stdlib json (orjson not installed)"
+    loop = "asyncio"
+    if os.environ.get("WSLOGGING_UVLOOP", "").strip() == "1":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            loop = "asyncio (WSLOGGING_UVLOOP=1, but uvloop is not installed)"
+        else:
+            loop = "uvloop"
     return (
         f"Python {platform.python_version()} ({platform.python_implementation()}), "
-        f"{platform.system()} {platform.release()}, nproc={len(os.sched_getaffinity(0))}"
+        f"{platform.system()} {platform.release()}, {platform.machine()}, {cpu_model()}, "
+        f"nproc={len(os.sched_getaffinity(0))}; wslogging JSON: {json_path}, loop: {loop}"
     )
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo``, or ``unknown CPU``."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return "unknown CPU"

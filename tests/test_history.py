@@ -40,6 +40,24 @@ def test_ids_consecutive_from_first_id() -> None:
     assert ([1000, 1001, 1002], [1000, 1001, 1002]) == (returned, [e.id for e in entries])
 
 
+@pytest.mark.parametrize("maxlen", [0, 3, 10])
+def test_extend_is_append_of_each(maxlen: int) -> None:
+    """``extend`` numbers and keeps entries exactly as appending them one by one does."""
+    by_one, appended = filled(maxlen, 7)
+    at_once = History(maxlen, first_id=FIRST)
+    extended = [make_entry(f"m{n}") for n in range(7)]
+
+    at_once.extend(extended)
+
+    assert [e.id for e in appended] == [e.id for e in extended]
+    assert (by_one.last_id, by_one.oldest_id, len(by_one)) == (
+        at_once.last_id,
+        at_once.oldest_id,
+        len(at_once),
+    )
+    assert [e and e.id for e in by_one._ring] == [e and e.id for e in at_once._ring]
+
+
 def test_empty_history() -> None:
     """An empty history holds nothing; ``last_id`` is just before ``first_id``."""
     history = History(10, first_id=FIRST)

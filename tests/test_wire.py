@@ -473,6 +473,15 @@ def test_ws_frames_one_after_the_other() -> None:
     assert expected == ws_frames(entries)
 
 
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536])
+def test_ws_frames_header_at_every_length_boundary(size: int) -> None:
+    """Each frame's header is :func:`ws_text_frame_header` for its length, at every size."""
+    entry = make_entry()
+    entry._data = b"x" * size
+
+    assert ws_text_frame_header(size) + entry._data == ws_frames([entry])
+
+
 def test_encode_entry_of_unencodable_entry_says_why() -> None:
     """An entry made by hand with values JSON cannot hold still encodes, with a note."""
     entry = make_entry()
@@ -502,6 +511,46 @@ def test_encode_entry_is_json_of_to_dict() -> None:
     data = encode_entry(entry)
 
     assert (entry.to_dict(), dumps(entry.to_dict())) == (json.loads(data), data)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {},
+        {"log": 'é \u2028 "q" \\ \x00', "logger": "a\tb", "category": "ü"},
+        {"fields": {"n": 1.5e-7, "big": 2**70, "deep": {"a": [None, True, -0.0]}}},
+        {"fields": {"lone": "\ud800"}},
+        {"log": "\udfff"},
+        {"levelno": True, "pid": None},
+        {"levelno": 20.0, "pid": 1.0},
+        {"created": 1e9 + 0.9999996},
+        {"created": -1.0},
+        {"created": 5},
+        {"id": 10**20},
+        {"exc": "Traceback\n  é"},
+    ],
+)
+def test_encode_entry_is_dumps_of_to_dict_byte_for_byte(change: dict[str, Any]) -> None:
+    """With or without orjson, and whatever an entry holds, ``encode_entry`` writes exactly
+    ``dumps(to_dict())``."""
+    entry = make_entry()
+    entry.id = 7
+    for name, value in change.items():
+        setattr(entry, name, value)
+
+    assert dumps(entry.to_dict()) == encode_entry(entry)
+
+
+def test_encode_entry_after_one_with_equal_but_other_typed_values() -> None:
+    """The parts kept from one record are not reused for another whose ``levelno`` or
+    ``pid`` is equal but not an ``int`` (``True == 1``)."""
+    entry, other = make_entry(), make_entry()
+    entry.levelno = other.pid = 1
+    other.levelno, other.pid = True, 1.0  # type: ignore[assignment]
+
+    encode_entry(entry)
+
+    assert dumps(other.to_dict()) == encode_entry(other)
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ._filters import Filter
@@ -92,6 +93,18 @@ class History:
         if self.maxlen:
             self._ring[entry.id % self.maxlen] = entry
         return entry.id
+
+    def extend(self, entries: Iterable[LogEntry]) -> None:
+        """:meth:`append` each of ``entries``, in order."""
+        next_id = self._next_id
+        maxlen = self.maxlen
+        ring = self._ring
+        for entry in entries:
+            entry.id = next_id
+            if maxlen:
+                ring[next_id % maxlen] = entry
+            next_id += 1
+        self._next_id = next_id
 
     def get(self, entry_id: int) -> LogEntry | None:
         """The entry with this id, or ``None`` if it was never assigned or is forgotten."""

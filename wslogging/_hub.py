@@ -345,11 +345,9 @@ class Hub:
         """
         if not entries:
             return
-        history = self.history
-        encode = bool(self.clients)
-        for entry in entries:
-            history.append(entry)
-            if encode:
+        self.history.extend(entries)
+        if self.clients:
+            for entry in entries:
                 entry.data  # noqa: B018 - made (and kept) now
         everything = Batch(entries)
         lowest = min(entry.levelno for entry in entries)

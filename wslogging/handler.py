@@ -279,23 +279,31 @@ class WebSocketHandler(logging.Handler):
             else:
                 self._count_drop()
             return
+        local["busy"] = True
+        try:
+            if not self._server.submit(entry):
+                self._count_drop()
+        finally:
+            local["busy"] = False
+        # Anything a signal parked meanwhile, even after the submit and before busy was
+        # cleared, is here now: send it rather than leave it for this thread's next record.
+        if local.get("parked"):
+            self._send_parked(local)
+
+    def _send_parked(self, local: dict[str, Any]) -> None:
+        """Send the entries parked by :meth:`enqueue`, in order, as it sends its own."""
         submit = self._server.submit
-        pending: LogEntry | None = entry
-        while pending is not None:
+        parked = local["parked"]
+        while parked:
             local["busy"] = True
             try:
-                if not submit(pending):
-                    self._count_drop()
-                parked = local.get("parked")
                 while parked:
                     if not submit(parked.pop(0)):
                         self._count_drop()
             finally:
                 local["busy"] = False
             # A signal may have parked an entry after the loop above and before busy was
-            # cleared: go round again rather than leave it for this thread's next record.
-            parked = local.get("parked")
-            pending = parked.pop(0) if parked else None
+            # cleared: go round again.
 
     def close(self) -> None:
         """Deliver what is queued (bounded), close every client, stop serving. Idempotent."""
