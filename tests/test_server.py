@@ -788,11 +788,21 @@ async def test_flooding_client_is_closed_1008(
 ) -> None:
     """A client that sends messages far faster than any viewer would is closed with 1008."""
     ws = await connect(session, handler)
-    for _ in range(2000):
-        await ws.send_str('{"type": "ping"}')
+    try:
+        for _ in range(2000):
+            await ws.send_str('{"type": "ping"}')
+    except ConnectionResetError:
+        # The server closed while pings were still arriving: its kernel may then reset the
+        # connection, and the close frame can be lost with the reset. The server's side of
+        # it is checked below all the same.
+        pass
     while (message := await ws.receive(timeout=TIMEOUT)).type is aiohttp.WSMsgType.TEXT:
         pass
-    assert (1008, "too many messages") == (message.data, message.extra)
+    if message.type is aiohttp.WSMsgType.CLOSE:
+        assert (1008, "too many messages") == (message.data, message.extra)
+    else:  # the reset described above
+        assert message.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED), message
+    await async_wait_until(lambda: handler._server.hub.stats()["clients"] == 0)
 
 
 async def test_max_clients_holds_under_concurrent_connects(
