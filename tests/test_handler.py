@@ -487,6 +487,52 @@ async def test_tls(configure: Configure, tmp_path: Path) -> None:
             await plain.get(f"http://127.0.0.1:{handler.port}/healthz")
 
 
+def test_close_leaves_no_idle_tls_connection_open(tmp_path: Path) -> None:
+    """Idle TLS connections (as a browser preconnects) are closed by close(), not left waiting
+    for the peer's close_notify with their sockets open: run in a process under ``-X dev``,
+    where a socket left open is a ResourceWarning on stderr."""
+    script = textwrap.dedent(
+        f"""
+        import gc, socket, ssl, time
+        import trustme, wslogging
+        authority = trustme.CA()
+        certificate = authority.issue_cert("127.0.0.1")
+        certificate.cert_chain_pems[0].write_to_path({str(tmp_path / "cert.pem")!r})
+        certificate.private_key_pem.write_to_path({str(tmp_path / "key.pem")!r})
+        handler = wslogging.WebSocketHandler(
+            port=0, api_keys=["k"],
+            ssl_certfile={str(tmp_path / "cert.pem")!r}, ssl_keyfile={str(tmp_path / "key.pem")!r},
+        )
+        context = ssl.create_default_context()
+        authority.configure_trust(context)
+        idle = [
+            context.wrap_socket(
+                socket.create_connection(("127.0.0.1", handler.port)), server_hostname="127.0.0.1"
+            )
+            for _ in range(3)
+        ]
+        deadline = time.monotonic() + {TIMEOUT}
+        while len(handler._server._runner.server.connections) < 3:
+            assert time.monotonic() < deadline, "the server never saw the connections"
+            time.sleep(0.01)
+        handler.close()
+        gc.collect()
+        for sock in idle:
+            sock.close()
+        print("closed")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (0, "closed") == (result.returncode, result.stdout.strip()), result.stderr
+    assert "ResourceWarning" not in result.stderr, result.stderr
+
+
 def test_unusable_certificate_is_reported(
     configure: Configure, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

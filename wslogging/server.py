@@ -493,7 +493,15 @@ class LogServer:
         for client in list(self.hub.clients):
             if client.abort is not None:
                 client.abort()
+        server = self._runner.server
+        open_transports = [h.transport for h in server.connections] if server else []
         await self._runner.cleanup()
+        # A closed TLS connection waits for the peer's close_notify, which an idle peer (a
+        # browser's preconnected socket, say) never sends: once the loop stops, its socket
+        # would be left open. Everything due has been sent by now, so cut them off.
+        for transport in open_transports:
+            if transport is not None and transport.get_extra_info("sslcontext") is not None:
+                transport.abort()
 
     # -- auth and guards ------------------------------------------------------------------
 
