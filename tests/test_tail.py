@@ -104,6 +104,13 @@ async def following(tail: Callable[..., Any], url: str, *args: str) -> TailProce
     return process
 
 
+async def logged(handler: wslogging.WebSocketHandler, text: str, count: int) -> None:
+    """Log ``text 0`` .. ``text count-1`` and wait until the server holds them in history."""
+    for n in range(count):
+        log.info("%s %d", text, n)
+    await async_wait_until(lambda: len(handler._server.hub.history) == count)
+
+
 async def test_prints_what_is_logged_and_stops_on_ctrl_c(
     handler: wslogging.WebSocketHandler, tail: Callable[..., Any]
 ) -> None:
@@ -209,9 +216,7 @@ async def test_waits_for_a_server_that_is_not_up_yet(
 async def test_lines_shows_the_newest_records_first_then_follows(
     handler: wslogging.WebSocketHandler, tail: Callable[..., Any]
 ) -> None:
-    for n in range(5):
-        log.info("old %d", n)
-    await async_wait_until(lambda: len(handler._server.hub.history) == 5)  # type: ignore[union-attr]
+    await logged(handler, "old", 5)
     process = await tail(handler.url, "-n", "2")
     assert (await process.line()).endswith("old 3")
     assert (await process.line()).endswith("old 4")
@@ -224,9 +229,7 @@ async def test_lines_shows_the_newest_records_first_then_follows(
 async def test_since_replays_from_history(
     handler: wslogging.WebSocketHandler, tail: Callable[..., Any]
 ) -> None:
-    for n in range(3):
-        log.info("kept %d", n)
-    await async_wait_until(lambda: len(handler._server.hub.history) == 3)  # type: ignore[union-attr]
+    await logged(handler, "kept", 3)
     process = await tail(handler.url, "--since", "0")
     lines = [await process.line() for _ in range(3)]
     assert [line.rsplit(" ", 1)[-1] for line in lines] == ["0", "1", "2"]

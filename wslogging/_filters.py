@@ -130,7 +130,7 @@ def build_filter(
     loggers: Iterable[object] = (),
     categories: Iterable[object] = (),
     grep: object = None,
-    fields: Mapping[object, object] | None = None,
+    fields: Mapping[Any, object] | None = None,
 ) -> Filter:
     """Validate each part and build a :class:`Filter`; raises :class:`FilterError`."""
     pairs: list[tuple[str, str]] = []

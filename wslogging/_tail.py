@@ -29,7 +29,7 @@ import signal
 import ssl
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn, TextIO
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -124,7 +124,7 @@ class Options:
     loggers: Sequence[str] = ()
     categories: Sequence[str] = ()
     grep: str | None = None
-    fields: dict[str, str] = field(default_factory=dict)
+    fields: Sequence[str] = ()  # KEY=VALUE
     since: str | None = None
     lines: int = 0
     json: bool = False
@@ -135,13 +135,14 @@ class Options:
     def query(self) -> list[tuple[str, str]]:
         """The filter as query parameters, checked here first so that a mistake gets the
         same clear message the server would give, before any connection is made."""
+        fields = parse_fields(self.fields)
         try:
             build_filter(
                 level=self.level,
                 loggers=self.loggers,
                 categories=self.categories,
                 grep=self.grep,
-                fields={key: value for key, value in self.fields.items()},
+                fields=fields,
             )
         except FilterError as exc:
             raise TailError(str(exc)) from None
@@ -152,7 +153,7 @@ class Options:
         query += [("category", name) for name in self.categories]
         if self.grep:
             query.append(("grep", self.grep))
-        query += [(f"field.{key}", value) for key, value in self.fields.items()]
+        query += [(f"field.{key}", value) for key, value in fields.items()]
         return query
 
 

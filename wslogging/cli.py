@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _tail
+from ._auth import configured_keys
 from ._version import __version__
 from .handler import WebSocketHandler
 
@@ -190,22 +191,15 @@ def _use_color(choice: str, out: Any) -> bool:
 
 
 def _run_tail(args: argparse.Namespace) -> int:
-    key = args.key
-    if key is None:
-        key = next((k.strip() for k in os.environ.get(KEY_ENV, "").split(",") if k.strip()), None)
-    try:
-        fields = _tail.parse_fields(args.field)
-    except _tail.TailError as exc:
-        print(f"wslogging tail: {exc}", file=sys.stderr)
-        return _tail.EXIT_USAGE
+    keys = configured_keys(args.key, KEY_ENV, os.environ)
     options = _tail.Options(
         url=args.url,
-        key=key,
+        key=keys[0] if keys else None,
         level=args.level,
         loggers=args.logger,
         categories=args.category,
         grep=args.grep,
-        fields=fields,
+        fields=args.field,
         since=args.since,
         lines=0 if args.since is not None else args.lines,
         json=args.json,
@@ -221,9 +215,7 @@ def _run_tail(args: argparse.Namespace) -> int:
 
 def _demo_keys(key: str | None) -> list[str]:
     """``--key``, else the keys in ``$WSLOGGING_API_KEY``, else one new random key."""
-    text = key if key is not None else os.environ.get(KEY_ENV, "")
-    keys = [k.strip() for k in text.split(",") if k.strip()]
-    return keys or [secrets.token_urlsafe(24)]
+    return configured_keys(key, KEY_ENV, os.environ) or [secrets.token_urlsafe(24)]
 
 
 def _quoted_header(key: str) -> str:
