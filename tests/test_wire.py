@@ -640,3 +640,41 @@ def test_gap_message_unknown_count() -> None:
 def test_ws_text_frame_header(length: int, header: bytes) -> None:
     """Final, unmasked text frame headers with the 7-bit, 16-bit and 64-bit lengths."""
     assert header == ws_text_frame_header(length)
+
+
+# -- between processes --------------------------------------------------------------------
+
+
+def test_packed_entries_come_back_whole() -> None:
+    record = logging.makeLogRecord(
+        {"name": "app.db", "levelno": 30, "levelname": "WARNING", "msg": "slow", "rows": [1, 2]}
+    )
+    entry = _wire.render_record(record, "slow query")
+    entries, bad = _wire.unpack_entries(_wire.pack_entries([entry, entry]))
+    assert bad == 0
+    assert [e.to_dict() for e in entries] == [entry.to_dict()] * 2
+    assert entries[0].pid == entry.pid
+
+
+@pytest.mark.parametrize(
+    "packed",
+    [
+        "not a list",
+        [1, 2, 3],
+        ["m", "20", "INFO", "a", "a", 1.0, {}, None, 1],
+        ["m", 20, "INFO", "a", "a", float("nan"), {}, None, 1],
+        ["m", 20, "INFO", "a", "a", 1.0, [], None, 1],
+        ["m", 20, "INFO", "a", "a", 1.0, {}, 5, 1],
+        ["m", 20, "INFO", "a", None, 1.0, {}, None, 1],
+        ["m", 20, "INFO", "a", "a", True, {}, None, 1],
+        ["m", 20, "INFO", "a", "a", 1.0, {}, None, 2**70],
+    ],
+)
+def test_a_malformed_packed_record_is_refused_alone(packed: object) -> None:
+    good = ["ok", 20, "INFO", "a", "a", 1.0, {}, None, 7]
+    data = json.dumps([good, packed, good], allow_nan=True)
+    entries, bad = _wire.unpack_entries(data)
+    assert bad == 1
+    assert [e.log for e in entries] == ["ok", "ok"]
+    with pytest.raises(ValueError, match="JSON array"):
+        _wire.unpack_entries(b'{"a": 1}')

@@ -536,3 +536,73 @@ _HEADER_16 = struct.Struct(">BBH").pack
 def sse_retry(milliseconds: int) -> bytes:
     """The ``retry:`` field that opens every stream."""
     return b"retry: " + str(int(milliseconds)).encode() + b"\n\n"
+
+
+# -- between processes --------------------------------------------------------------------
+#
+# A record rendered in one process and served by another (a worker forwarding to the process
+# that holds the port, or any process appending to a Redis stream) travels as a JSON array of
+# its rendered parts, without an id: the serving side assigns (or reads) that.
+
+PACKED_FIELDS = 9
+
+
+def pack_entry(entry: LogEntry) -> list[Any]:
+    """``entry`` as the JSON-ready list :func:`unpack_entry` reads back."""
+    return [
+        entry.log,
+        entry.levelno,
+        entry.level,
+        entry.logger,
+        entry.category,
+        entry.created,
+        entry.fields,
+        entry.exc,
+        entry.pid,
+    ]
+
+
+def pack_entries(entries: Iterable[LogEntry]) -> bytes:
+    """A batch of entries as one JSON array of :func:`pack_entry` lists."""
+    return dumps([pack_entry(entry) for entry in entries])
+
+
+def unpack_entry(packed: object) -> LogEntry:
+    """The entry :func:`pack_entry` made, from the decoded JSON.
+
+    The other side is another process, so nothing is taken on trust: a value of the wrong
+    shape or type raises ``ValueError`` naming the problem, and the caller drops (and counts)
+    that record alone.
+    """
+    if not isinstance(packed, list) or len(packed) != PACKED_FIELDS:
+        raise ValueError(f"a packed record is a list of {PACKED_FIELDS} items")
+    log, levelno, level, logger, category, created, fields, exc, pid = packed
+    if not all(isinstance(text, str) for text in (log, level, logger, category)):
+        raise ValueError("log, level, logger and category must be strings")
+    if not (_small_int(levelno) and _small_int(pid)):
+        raise ValueError("levelno and pid must be integers")
+    if isinstance(created, bool) or not isinstance(created, int | float):
+        raise ValueError("time must be a number")
+    if not 0 <= created < _MAX_TIME:
+        raise ValueError("time is out of range")
+    if not isinstance(fields, dict):
+        raise ValueError("fields must be an object")
+    if exc is not None and not isinstance(exc, str):
+        raise ValueError("exc must be a string or null")
+    return LogEntry(log, levelno, level, logger, category, float(created), fields, exc, pid)
+
+
+def unpack_entries(data: bytes | str) -> tuple[list[LogEntry], int]:
+    """The entries of a :func:`pack_entries` batch and how many of them were malformed
+    (skipped). Raises ``ValueError`` when ``data`` is not a JSON array at all."""
+    batch = json.loads(data)
+    if not isinstance(batch, list):
+        raise ValueError("a batch of records is a JSON array")
+    entries: list[LogEntry] = []
+    bad = 0
+    for packed in batch:
+        try:
+            entries.append(unpack_entry(packed))
+        except ValueError:
+            bad += 1
+    return entries, bad
