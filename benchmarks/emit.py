@@ -116,6 +116,60 @@ def queue_case(calls: int) -> Case:
     )
 
 
+def line_reader_process(port: int, received: Any, ready: Any) -> None:
+    """A client process for the stdlib's delivery: read lines from a TCP socket and count
+    them until it closes."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        ready.set()
+        while chunk := sock.recv(1 << 16):
+            received.value += chunk.count(b"\n")
+
+
+def queue_socket_case(calls: int) -> tuple[Case, multiprocessing.Process]:
+    """``QueueHandler`` + ``QueueListener`` whose handler writes each formatted line to a
+    TCP socket read by another process: the stdlib delivering the same records to one reader,
+    as ``WebSocketHandler`` does to its one client."""
+    import socket
+
+    q: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=2 * calls)
+    handler = logging.handlers.QueueHandler(q)
+    errors = []
+    handler.handleError = lambda record: errors.append(record)  # type: ignore[method-assign]
+    server = socket.create_server(("127.0.0.1", 0))
+    ctx = multiprocessing.get_context("spawn")
+    received = ctx.Value("q", 0, lock=False)
+    ready = ctx.Event()
+    process = ctx.Process(
+        target=line_reader_process, args=(server.getsockname()[1], received, ready)
+    )
+    process.start()
+    conn, _ = server.accept()
+    server.close()
+    if not ready.wait(30):
+        raise RuntimeError("the reader process did not connect")
+    stream = conn.makefile("w", encoding="utf-8")
+    # QueueHandler.prepare() has formatted the message already: write it as it is.
+    target = logging.StreamHandler(stream)
+    target.setFormatter(logging.Formatter("%(message)s"))
+    listener = logging.handlers.QueueListener(q, target)
+    listener.start()
+
+    def close() -> None:
+        listener.stop()
+        stream.close()
+        conn.close()
+
+    return Case(
+        "QueueHandler+QueueListener(socket, 1 reader)",
+        make_logger("queue_socket", handler),
+        drain=lambda n: wait_until(lambda: received.value >= n, 60, "the line reader"),
+        dropped=lambda: len(errors),
+        close=close,
+    ), process
+
+
 def wsl_case(calls: int, with_client: bool) -> tuple[Case, multiprocessing.Process | None]:
     """``WebSocketHandler`` with roomy queues, optionally with one client process reading."""
     handler = wslogging.WebSocketHandler(
@@ -331,12 +385,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # Every queue holds two runs' worth of records, so nothing can be dropped for lack of room.
     cases = [null_case(), queue_case(calls)]
+    queue_socket, line_process = queue_socket_case(calls)
     wsl, _ = wsl_case(calls, with_client=False)
     wsl_client, process = wsl_case(calls, with_client=True)
     assert isinstance(wsl.handler, wslogging.WebSocketHandler)
     prepare_only = make_logger("prepare", PrepareOnly(wsl.handler))
     prepare = Case("WebSocketHandler.prepare() only", prepare_only, drain=lambda n: None)
-    cases += [prepare, wsl, wsl_client]
+    cases += [queue_socket, prepare, wsl, wsl_client]
     try:
         for case in cases:
             run_case(case, min(calls, 2000), timed=False)  # warm-up
@@ -364,10 +419,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for case in cases:
             case.close()
-        if process is not None:
-            process.join(10)
-            if process.is_alive():
-                process.kill()
+        for child in (process, line_process):
+            if child is not None:
+                child.join(10)
+                if child.is_alive():
+                    child.kill()
     print_table(
         'µs per logger.info("msg %d", n, extra={"k": n}) call on the app thread '
         f"(median of {reps} runs of {calls} calls)",
@@ -385,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
         [
             f"formatter for all: {FORMAT!r}",
             "QueueListener's handler is a NullHandler; its queue.Queue holds two runs",
+            "(socket, 1 reader): the listener's handler is a StreamHandler writing each line to "
+            "a TCP socket read by another process, like wslogging's 1 client",
             "prepare() only: the rendering WebSocketHandler does on the app thread, with no "
             "hand-off and no server thread involved",
             "app-thread CPU: the logging thread's own CPU time (time.thread_time) per call, "

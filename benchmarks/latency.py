@@ -159,6 +159,12 @@ def paced(logger: logging.Logger, rate: float, duration: float) -> dict[str, flo
     }
 
 
+def _scenario(readers: int, stalled: int, settle: float) -> str:
+    """A scenario's name in the table."""
+    name = f"{readers} readers + {stalled} stalled"
+    return f"{name}, settled {settle:g} s" if settle else name
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse options, run the scenarios, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -168,10 +174,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=None, help="seconds per run (5)")
     parser.add_argument("--stalled", type=int, default=10, help="stalled clients")
     parser.add_argument("--reps", type=int, default=None, help="runs per scenario (2)")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=None,
+        help="seconds logged untimed after stalling, for the 'settled' scenario (3; 0: skip it)",
+    )
     args = parser.parse_args(argv)
     readers = args.clients or (200 if args.quick else 1000)
     duration = args.duration or (2.0 if args.quick else 5.0)
     reps = args.reps or (1 if args.quick else 2)
+    if args.settle is None:
+        args.settle = 1.0 if args.quick else 3.0
     print(f"latency.py: {environment()}")
     print(f"{readers} reading clients, {args.rate:g} records/s for {duration:g} s per run")
     notes = []
@@ -189,18 +203,26 @@ def main(argv: list[str] | None = None) -> int:
     conn, child = ctx.Pipe()
     process = ctx.Process(target=client_process, args=(child, handler.port, readers), daemon=True)
     process.start()
-    results: dict[int, list[dict[str, Any]]] = {0: [], args.stalled: []}
+    # (stalled clients, seconds logged before the timed run): with none, the stalled sockets
+    # still take writes while their buffers fill, like readers; settled, they have stopped.
+    scenarios = [(0, 0.0), (args.stalled, 0.0)]
+    if args.settle > 0:
+        scenarios.append((args.stalled, args.settle))
+    results: dict[tuple[int, float], list[dict[str, Any]]] = {s: [] for s in scenarios}
     try:
         ask(conn, None, "connected", 120)
         # One untimed second first: new connections and a cold process are slower at first.
         ask(conn, ("start",), "started", 30)
         warm = paced(logger, args.rate, 1.0)
         ask(conn, ("stop", warm["sent"], 5.0), "stopped", 30)
-        scenarios = [0, args.stalled]
         for rep in range(reps):
-            for stalled in scenarios if rep % 2 == 0 else scenarios[::-1]:
+            for stalled, settle in scenarios if rep % 2 == 0 else scenarios[::-1]:
                 if stalled:
                     ask(conn, ("stall", stalled), "stalled", 60)
+                if settle:
+                    ask(conn, ("start",), "started", 30)
+                    settled = paced(logger, args.rate, settle)
+                    ask(conn, ("stop", settled["sent"], 5.0), "stopped", 30)
                 drops = handler._server.hub.client_drops
                 ask(conn, ("start",), "started", 30)
                 ran = paced(logger, args.rate, duration)
@@ -208,11 +230,11 @@ def main(argv: list[str] | None = None) -> int:
                 got |= ran
                 got["client_cpu"] = got["cpu"] / duration
                 got["client_drops"] = handler._server.hub.client_drops - drops
-                results[stalled].append(got)
+                results[stalled, settle].append(got)
                 if stalled:
                     ask(conn, ("unstall",), "unstalled", 30)
                 print(
-                    f"  run {rep + 1}, {stalled} stalled: sent {ran['sent']}, "
+                    f"  run {rep + 1}, {_scenario(readers, stalled, settle)}: sent {ran['sent']}, "
                     f"p50 {got['p50']:.2f} ms, p99 {got['p99']:.2f} ms, "
                     f"RSS +{ran['rss_growth']:.2f} MiB, CPU: server {ran['server_cpu']:.0%}, "
                     f"clients {got['client_cpu']:.0%}",
@@ -231,12 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         handler.close()
 
     rows = []
-    p99_base = median(r["p99"] for r in results[0])
-    for stalled, runs in results.items():
+    p99_base = median(r["p99"] for r in results[0, 0.0])
+    for (stalled, settle), runs in results.items():
         p99 = median(r["p99"] for r in runs)
         rows.append(
             [
-                f"{readers} readers + {stalled} stalled",
+                _scenario(readers, stalled, settle),
                 sum(int(r["sent"]) for r in runs),
                 f"{100 * min(r['least'] / max(1, r['sent']) for r in runs):.1f}%",
                 median(r["p50"] for r in runs),
@@ -261,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
             *notes,
             "every record at every reader is a sample; p50/p99: median over the runs of each "
             "run's percentile; max: over all runs",
-            "stalled = raw sockets (SO_RCVBUF 4 KiB) that complete the handshake and never read",
+            "stalled = raw sockets (SO_RCVBUF 4 KiB) that complete the handshake and never read; "
+            "timed from the moment they stop, while the kernel still takes writes for them, "
+            "and (settled) after logging for --settle seconds more, once their buffers are full",
             "RSS growth: this process (app + wslogging), highest sample during a run minus its "
             "start; client_drops: records dropped for slow clients during the runs",
         ],
