@@ -332,7 +332,7 @@ class StreamReader:
         self.stream = stream
         self.epoch = f"redis:{stream}"
         self.link = Link.CONNECTING
-        self._loaded = False
+        self._loaded = asyncio.Event()
         self._hub: Hub | None = None
         self._positions: StreamPositions | None = None
 
@@ -353,15 +353,18 @@ class StreamReader:
             },
         }
 
+    async def ready(self) -> None:
+        await self._loaded.wait()
+
     async def run(self, accept: Callable[[list[LogEntry]], None]) -> None:
         client = connect(self.url)
         backoff = Backoff()
         try:
             while True:
                 try:
-                    if not self._loaded:
+                    if not self._loaded.is_set():
                         await self._load(client, accept)
-                        self._loaded = True
+                        self._loaded.set()
                     await self._follow(client, accept, backoff)
                 except _OUTAGES as exc:
                     if self.link is not Link.DOWN:

@@ -75,6 +75,8 @@ MAX_REST = 0.01
 # Default and largest page of ``GET /api/logs``.
 PAGE_DEFAULT = 1000
 PAGE_MAX = 10000
+# How long a request waits for a source to load (see RecordSource.ready) before it gets 503.
+SOURCE_WAIT = 3.0
 # The ``retry:`` an SSE stream starts with: how long a browser waits before reconnecting.
 SSE_RETRY_MS = 2000
 # The headers of a WebSocket handshake that aiohttp reads; their values must be ASCII.
@@ -250,6 +252,10 @@ class RecordSource(Protocol):
 
     def stats(self) -> dict[str, Any]:
         """What ``/api/stats`` adds about the source."""
+
+    async def ready(self) -> None:
+        """Return once the source has loaded what it had when the server started, against
+        which ids are resolved."""
 
 
 def _message(item: Gap | dict[str, Any]) -> bytes:
@@ -649,7 +655,21 @@ class LogServer:
         ticket = self._tickets.issue(time.monotonic(), request[_KEY_ID])
         return _json({"ticket": ticket, "expires_in": int(self._tickets.lifetime)})
 
+    async def _not_ready(self) -> web.Response | None:
+        """A 503 while the source has not loaded yet (Redis unreachable since the server
+        started): an id cannot be resolved before, and live records would not be live."""
+        if self._source is None:
+            return None
+        try:
+            async with asyncio.timeout(SOURCE_WAIT):
+                await self._source.ready()
+        except TimeoutError:
+            return _error(503, "unavailable", "the records' source is not readable yet; retry")
+        return None
+
     async def _logs(self, request: web.Request) -> web.Response:
+        if unready := await self._not_ready():
+            return unready
         try:
             flt = filter_from_query(request.query.items())
             since = self._since(request, header=False)
@@ -696,6 +716,8 @@ class LogServer:
             return _bad_request(str(exc))
 
     async def _sse(self, request: web.Request) -> web.StreamResponse:
+        if unready := await self._not_ready():
+            return unready
         opened = self._open(request, header_since=True)
         if isinstance(opened, web.Response):
             return opened
@@ -764,6 +786,8 @@ class LogServer:
         problem = self._authenticate(request)
         client = None
         if problem is None:
+            if unready := await self._not_ready():
+                return unready
             opened = self._open(request, header_since=False)
             if isinstance(opened, web.Response):
                 return opened
