@@ -483,11 +483,3 @@ def test_backend_handler_redis_unreachable(capfd: pytest.CaptureFixture[str]) ->
     err = capfd.readouterr().err
     assert "cannot append to Redis at redis://:***@127.0.0.1" in err
     assert "not-the-password" not in err
-
-
-def test_backend_bad_options() -> None:
-    """A backend= that is no Redis URL, or an empty stream name, is a configuration error."""
-    with pytest.raises(ValueError, match="not a Redis URL"):
-        wslogging.WebSocketHandler(backend="mysql://host/db")
-    with pytest.raises(ValueError, match="stream"):
-        wslogging.WebSocketHandler(backend="redis://localhost", stream="")
