@@ -16,6 +16,7 @@ import socket
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -47,6 +48,13 @@ REPLY_TIMEOUT = 5.0
 # Reconnect delays: doubled after each failure from the first, up to the cap.
 FIRST_DELAY = 0.1
 MAX_DELAY = 5.0
+# Acknowledgments (WebSocket client_id): kept in Redis under "<stream>:ack:<client_id>" for
+# this long after the last one, written at most this often, at most this many waiting.
+ACK_TTL = 7 * 24 * 3600
+ACK_WRITE_EVERY = 0.2
+MAX_WAITING_ACKS = 10000
+# How long a reconnecting client's acknowledgment is looked up for before it is done without.
+ACK_LOOKUP = 1.0
 # What is said when Redis goes away and comes back.
 _PREFIX = "wslogging: "
 # redis-py leaves it untyped.
@@ -323,6 +331,11 @@ class StreamReader:
 
     Entries that are not records (written by something else) are skipped and counted in
     ``records_failed``.
+
+    Acknowledgments (``ack`` with a ``client_id``) are written to Redis too (at most
+    :data:`MAX_WAITING_ACKS` waiting, written every :data:`ACK_WRITE_EVERY` seconds, kept
+    :data:`ACK_TTL` seconds), so that a client resumes after its last ack on any serve
+    process of the stream, restarted or not.
     """
 
     first_id = 1
@@ -335,6 +348,11 @@ class StreamReader:
         self._loaded = asyncio.Event()
         self._hub: Hub | None = None
         self._positions: StreamPositions | None = None
+        self._client: Redis | None = None
+        # Set whenever the cursor moves (see reached).
+        self._moved = asyncio.Event()
+        self._acks: OrderedDict[str, str] = OrderedDict()
+        self._acks_waiting = asyncio.Event()
 
     def attach(self, hub: Hub) -> StreamPositions:
         self._hub = hub
@@ -356,9 +374,64 @@ class StreamReader:
     async def ready(self) -> None:
         await self._loaded.wait()
 
+    async def reached(self, since: str) -> None:
+        positions = self._positions
+        assert positions is not None
+        try:
+            key = parse_stream_id(since)
+        except ValueError:
+            return
+        while positions.last_seen < key:
+            self._moved.clear()
+            await self._moved.wait()
+
+    def ack(self, client_id: str, wire_id: str) -> None:
+        acks = self._acks
+        acks[client_id] = wire_id
+        acks.move_to_end(client_id)
+        if len(acks) > MAX_WAITING_ACKS:
+            acks.popitem(last=False)
+        self._acks_waiting.set()
+
+    async def acked(self, client_id: str) -> str | None:
+        if client_id in self._acks:
+            return self._acks[client_id]
+        client = self._client
+        if client is None:
+            return None
+        try:
+            async with asyncio.timeout(ACK_LOOKUP):
+                raw = await client.get(self._ack_key(client_id))
+        except _OUTAGES:
+            return None
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+    def _ack_key(self, client_id: str) -> str:
+        return f"{self.stream}:ack:{client_id}"
+
+    async def _write_acks(self, client: Redis) -> None:
+        """Write the acknowledgments that wait, in batches, for as long as the reader runs;
+        those that fail wait for the next turn (unless newer ones replaced them)."""
+        while True:
+            await self._acks_waiting.wait()
+            self._acks_waiting.clear()
+            batch, self._acks = self._acks, OrderedDict()
+            try:
+                pipe = client.pipeline(transaction=False)
+                for client_id, wire_id in batch.items():
+                    pipe.set(self._ack_key(client_id), wire_id, ex=ACK_TTL)
+                await pipe.execute()
+            except _OUTAGES:
+                for client_id, wire_id in batch.items():
+                    self._acks.setdefault(client_id, wire_id)
+                self._acks_waiting.set()
+                await asyncio.sleep(MAX_DELAY)
+            await asyncio.sleep(ACK_WRITE_EVERY)
+
     async def run(self, accept: Callable[[list[LogEntry]], None]) -> None:
-        client = connect(self.url)
+        client = self._client = connect(self.url)
         backoff = Backoff()
+        writer = asyncio.create_task(self._write_acks(client))
         try:
             while True:
                 try:
@@ -375,6 +448,7 @@ class StreamReader:
                         )
                     await asyncio.sleep(backoff.next())
         finally:
+            writer.cancel()
             await client.aclose()
 
     def _connected(self, backoff: Backoff) -> None:
@@ -432,6 +506,7 @@ class StreamReader:
         positions.seen(last)
         if entries:
             accept(entries)
+        self._moved.set()
 
 
 def _key(raw_id: object) -> tuple[int, int]:

@@ -257,6 +257,17 @@ class RecordSource(Protocol):
         """Return once the source has loaded what it had when the server started, against
         which ids are resolved."""
 
+    async def reached(self, since: str) -> None:
+        """Return once the source has read up to the id ``since`` (at once for text that is
+        no id of the source): a client may come from another server further ahead, and
+        resuming it before would send it records it has."""
+
+    async def acked(self, client_id: str) -> str | None:
+        """The id ``client_id`` last acknowledged to any server of the source, if known."""
+
+    def ack(self, client_id: str, wire_id: str) -> None:
+        """Remember (without waiting) that ``client_id`` acknowledged ``wire_id``."""
+
 
 def _message(item: Gap | dict[str, Any]) -> bytes:
     """The JSON of a gap or a protocol message."""
@@ -655,20 +666,27 @@ class LogServer:
         ticket = self._tickets.issue(time.monotonic(), request[_KEY_ID])
         return _json({"ticket": ticket, "expires_in": int(self._tickets.lifetime)})
 
-    async def _not_ready(self) -> web.Response | None:
-        """A 503 while the source has not loaded yet (Redis unreachable since the server
-        started): an id cannot be resolved before, and live records would not be live."""
-        if self._source is None:
+    async def _not_ready(self, request: web.Request, header_since: bool) -> web.Response | None:
+        """With a source: a 503 while it has not loaded yet (Redis unreachable since the
+        server started), since an id cannot be resolved before; then a wait (bounded) until
+        it has read up to the ``since`` asked for."""
+        source = self._source
+        if source is None:
             return None
         try:
             async with asyncio.timeout(SOURCE_WAIT):
-                await self._source.ready()
+                await source.ready()
         except TimeoutError:
             return _error(503, "unavailable", "the records' source is not readable yet; retry")
+        since = _since_text(request, header_since)
+        if since is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SOURCE_WAIT):
+                    await source.reached(since)
         return None
 
     async def _logs(self, request: web.Request) -> web.Response:
-        if unready := await self._not_ready():
+        if unready := await self._not_ready(request, header_since=False):
             return unready
         try:
             flt = filter_from_query(request.query.items())
@@ -716,7 +734,7 @@ class LogServer:
             return _bad_request(str(exc))
 
     async def _sse(self, request: web.Request) -> web.StreamResponse:
-        if unready := await self._not_ready():
+        if unready := await self._not_ready(request, header_since=True):
             return unready
         opened = self._open(request, header_since=True)
         if isinstance(opened, web.Response):
@@ -786,17 +804,23 @@ class LogServer:
         problem = self._authenticate(request)
         client = None
         if problem is None:
-            if unready := await self._not_ready():
+            if unready := await self._not_ready(request, header_since=False):
                 return unready
+            client_id = request.query.get("client_id") or None
+            if client_id is not None and len(client_id) > MAX_CLIENT_ID:
+                return _bad_request(f"client_id is longer than {MAX_CLIENT_ID} characters")
+            # Asked of the source before _open, so that nothing is awaited between the
+            # checks there and the client's registration.
+            stored = await self._stored_ack(client_id, request)
             opened = self._open(request, header_since=False)
             if isinstance(opened, web.Response):
                 return opened
             flt, since = opened
-            client_id = request.query.get("client_id") or None
-            if client_id is not None and len(client_id) > MAX_CLIENT_ID:
-                return _bad_request(f"client_id is longer than {MAX_CLIENT_ID} characters")
             if since is None and client_id is not None:
                 since = self.hub.acked(client_id)  # resume right after the last ack
+                if since is None and stored is not None:
+                    with contextlib.suppress(SinceError):
+                        since = self._ids.since(stored)
             # Registered before the first await, so that max_clients holds however many
             # handshakes arrive at once.
             client = self.hub.connect(flt, since, self._hello(flt), request[_KEY_ID])
@@ -851,6 +875,21 @@ class LogServer:
                 await writer  # it closes the socket with the code the client was kicked with
         finally:
             writer.cancel()
+
+    async def _stored_ack(self, client_id: str | None, request: web.Request) -> str | None:
+        """The id ``client_id`` last acknowledged to another server of the source (or to
+        an earlier run of this one), when this one does not know it and it matters."""
+        source = self._source
+        if source is None or client_id is None or request.query.get("since"):
+            return None
+        if self.hub.acked(client_id) is not None:
+            return None
+        stored = await source.acked(client_id)
+        if stored is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SOURCE_WAIT):
+                    await source.reached(stored)
+        return stored
 
     def _hello(self, flt: Filter) -> dict[str, Any]:
         return {
@@ -942,6 +981,10 @@ class LogServer:
                 self.hub.ack(client.client_id, message.id)
             except ValueError as exc:
                 raise ProtocolError(str(exc)) from None
+            if self._source is not None:
+                acked = self.hub.acked(client.client_id)
+                assert acked is not None
+                self._source.ack(client.client_id, self._ids.wire_id(acked))
 
     def _track(self, request: web.Request, client: Client) -> asyncio.Transport | None:
         """Note this stream's task (close() waits for it) and give ``client`` the means to
