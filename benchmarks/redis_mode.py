@@ -29,25 +29,16 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from _common import KEY, environment, median, print_table, ratio
-from emit import reader_process
+from emit import reader_process, wait_until
 
 import wslogging
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 SERVING = re.compile(r" at (https?://\S+)/")
 WAIT = 60.0
-
-
-def wait_until(condition: Callable[[], object], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"redis_mode.py: {what} did not happen within {WAIT:g} s")
-        time.sleep(0.001)
 
 
 def free_port() -> int:
@@ -77,7 +68,7 @@ def start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], str]:
         except redis.ConnectionError:
             return False
 
-    wait_until(answers, "redis-server answering")
+    wait_until(answers, WAIT, "redis-server answering")
     client.close()
     return process, f"redis://127.0.0.1:{port}/0"
 
@@ -129,7 +120,7 @@ class Route:
         for n in range(count):
             info("msg %d", n, extra={"k": n})
         logged = time.perf_counter()
-        wait_until(lambda: self.received.value >= target, f"{self.name}: the client's records")
+        wait_until(lambda: self.received.value >= target, WAIT, f"{self.name}: the client")
         done = time.perf_counter()
         self.rates.append(count / (done - began))
         self.emit_us.append((logged - began) / count * 1e6)

@@ -1,7 +1,7 @@
 """Run every benchmark, each in a fresh interpreter, and print their tables.
 
-Usage: ``python benchmarks/run.py [--quick] [--only emit fanout latency memory redis_mode]``. Options
-after ``--`` go to every script.
+Usage: ``python benchmarks/run.py [--quick] [--only emit fanout latency memory redis_mode]``.
+Options after ``--`` go to every script.
 """
 
 from __future__ import annotations
