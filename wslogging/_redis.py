@@ -468,8 +468,11 @@ class StreamReader:
         newest.reverse()
         if len(newest) > history.maxlen:
             positions.floor = _key(newest.pop(0)[0])  # it, and all before it, are not held
-        if newest:
-            positions.floor = max(positions.floor, await _deleted_up_to(client, self.stream))
+        # What Redis trimmed before the oldest held entry is lost too (an entry deleted
+        # among those held is not: nobody will ask for it).
+        deleted = await _deleted_up_to(client, self.stream)
+        if not newest or deleted < _key(newest[0][0]):
+            positions.floor = max(positions.floor, deleted)
         self._take(newest, accept)
         if not newest and history.maxlen == 0:
             newest = list(await client.xrevrange(self.stream, "+", "-", count=1) or [])
@@ -514,10 +517,11 @@ def _key(raw_id: object) -> tuple[int, int]:
 
 
 def _stream_items(reply: Any) -> list[tuple[Any, list[Any]]]:
-    """XREAD's reply as (stream, items) pairs: a list in RESP2, a mapping in RESP3."""
+    """XREAD's reply as (stream, items) pairs: a list in RESP2, a mapping in RESP3 (which a
+    URL may ask for with ``?protocol=3``)."""
     if not reply:
         return []
-    if isinstance(reply, dict):
+    if isinstance(reply, dict):  # {stream: [[entry, ...]]}
         return [
             (name, items[0] if items and isinstance(items[0], list) else items)
             for name, items in reply.items()
