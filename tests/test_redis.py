@@ -493,6 +493,30 @@ async def test_bad_since(
                 assert "not a record id" in (await response.json())["detail"]
 
 
+async def test_serve_endpoints(
+    rds: RedisServer, stream: str, processes: Callable[[Process], Any]
+) -> None:
+    """serve has every endpoint of the embedded server: the viewer, health, the OpenAPI
+    document, tickets, and keys checked as there."""
+    processes(Producer(rds.url, stream, "a", 3)).result()
+    serve = processes(Serve(rds.url, stream))
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{serve.url}/") as response:
+            assert (200, "text/html") == (response.status, response.content_type)
+        async with session.get(f"{serve.url}/openapi.json") as response:
+            assert "/api/logs" in (await response.json())["paths"]
+        async with session.get(f"{serve.url}/api/logs") as response:
+            assert 401 == response.status
+        async with session.post(f"{serve.url}/api/ticket", headers=AUTH) as response:
+            ticket = (await response.json())["ticket"]
+        url = f"{serve.url}/api/get-logs-stream?ticket={ticket}&since=0&limit=3"
+        async with session.get(url) as response:
+            assert 3 == len(await read_sse(response))
+        ws = await session.ws_connect(f"{serve.url}/ws/logs", headers={"Authorization": "x"})
+        message = await ws.receive(timeout=TIMEOUT)
+        assert (aiohttp.WSMsgType.CLOSE, 4401) == (message.type, message.data)
+
+
 async def test_serve_without_redis_retries(processes: Callable[[Process], Any]) -> None:
     """An unreachable Redis is said once and retried; meanwhile the server answers, with 503
     where it needs the stream, and Ctrl-C ends it with 130, without a traceback."""
@@ -563,3 +587,20 @@ def test_backend_handler_redis_unreachable(capfd: pytest.CaptureFixture[str]) ->
     err = capfd.readouterr().err
     assert "cannot append to Redis at redis://:***@127.0.0.1" in err
     assert "not-the-password" not in err
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+        ("redis://:pw@localhost/0", "redis://:***@localhost/0"),
+        ("rediss://user:p%40ss@h:1/2", "rediss://user:***@h:1/2"),
+        ("redis://h/0?password=pw&db=1", "redis://h/0?password=%2A%2A%2A&db=1"),
+        ("unix:///run/redis.sock?db=1", "unix:///run/redis.sock?db=1"),
+    ],
+)
+def test_mask_url(url: str, shown: str) -> None:
+    """URLs are shown without their password, wherever it was put."""
+    from wslogging._redis import mask_url
+
+    assert shown == mask_url(url)

@@ -9,6 +9,7 @@ stderr that Redis went away and once that it is back, and retry with backoff mea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import os
@@ -83,9 +84,11 @@ def mask_url(url: str) -> str:
             user, colon, _password = userinfo.partition(":")
             netloc = f"{user}:***@{hostport}" if colon else f"***@{hostport}"
         query = parts.query
-        if query:
-            pairs = parse_qsl(query, keep_blank_values=True)
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(k == "password" for k, _ in pairs):
             query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs])
+        if (netloc, query) == (parts.netloc, parts.query):
+            return url  # nothing to hide (and urlunsplit would drop unix://'s empty host)
         return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
     except ValueError:
         return "<unreadable Redis URL>"
@@ -417,16 +420,19 @@ class StreamReader:
             self._acks_waiting.clear()
             batch, self._acks = self._acks, OrderedDict()
             try:
-                pipe = client.pipeline(transaction=False)
-                for client_id, wire_id in batch.items():
-                    pipe.set(self._ack_key(client_id), wire_id, ex=ACK_TTL)
-                await pipe.execute()
+                await self._set_acks(client, batch)
             except _OUTAGES:
                 for client_id, wire_id in batch.items():
                     self._acks.setdefault(client_id, wire_id)
                 self._acks_waiting.set()
                 await asyncio.sleep(MAX_DELAY)
             await asyncio.sleep(ACK_WRITE_EVERY)
+
+    async def _set_acks(self, client: Redis, acks: dict[str, str]) -> None:
+        pipe = client.pipeline(transaction=False)
+        for client_id, wire_id in acks.items():
+            pipe.set(self._ack_key(client_id), wire_id, ex=ACK_TTL)
+        await pipe.execute()
 
     async def run(self, accept: Callable[[list[LogEntry]], None]) -> None:
         client = self._client = connect(self.url)
@@ -449,6 +455,10 @@ class StreamReader:
                     await asyncio.sleep(backoff.next())
         finally:
             writer.cancel()
+            if self._acks:  # the server is closing: the last acks, if Redis takes them at once
+                with contextlib.suppress(*_OUTAGES):
+                    async with asyncio.timeout(ACK_LOOKUP):
+                        await self._set_acks(client, self._acks)
             await client.aclose()
 
     def _connected(self, backoff: Backoff) -> None:
