@@ -138,8 +138,11 @@ def stream() -> str:
 class Process:
     """A subprocess whose stderr lines are collected as they come."""
 
-    def __init__(self, args: list[str]) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "WSLOGGING_API_KEY"}
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("WSLOGGING_")},
+            **(env or {}),
+        }
         self.popen = subprocess.Popen(
             [sys.executable, *args],
             stdout=subprocess.PIPE,
@@ -179,12 +182,14 @@ class Process:
 class Serve(Process):
     """``wslogging serve --redis``, on a free port of its choosing."""
 
-    def __init__(self, url: str, stream: str, *extra: str) -> None:
+    def __init__(self, url: str | None, stream: str, env: dict[str, str] | None = None) -> None:
+        """Reads ``url``, or with ``None`` the URL ``env`` gives it."""
         super().__init__(
             [
-                *("-m", "wslogging", "serve", "--redis", url, "--stream", stream),
-                *("--port", "0", "--api-key", KEY, *extra),
-            ]
+                *("-m", "wslogging", "serve", "--stream", stream, "--port", "0"),
+                *("--api-key", KEY, *(("--redis", url) if url else ())),
+            ],
+            env,
         )
         wait_until(lambda: self.url is not None or self.popen.poll() is not None)
         assert self.url is not None, self.lines
@@ -520,7 +525,8 @@ async def test_serve_endpoints(
 async def test_serve_without_redis_retries(processes: Callable[[Process], Any]) -> None:
     """An unreachable Redis is said once and retried; meanwhile the server answers, with 503
     where it needs the stream, and Ctrl-C ends it with 130, without a traceback."""
-    serve = processes(Serve(f"redis://:secret-pw@127.0.0.1:{free_port()}/0", "s"))
+    url = f"redis://:secret-pw@127.0.0.1:{free_port()}/0"
+    serve = processes(Serve(None, "s", {"WSLOGGING_REDIS_URL": url}))
     wait_until(lambda: serve.said("cannot read the stream"))
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{serve.url}/healthz") as response:
@@ -535,18 +541,27 @@ async def test_serve_without_redis_retries(processes: Callable[[Process], Any]) 
     assert not serve.said("Traceback")
 
 
-@pytest.mark.parametrize("url", ["http://localhost/", "redis://host:notaport/0"])
-def test_serve_bad_url(url: str) -> None:
-    """A URL that is no Redis URL ends serve at once with status 2 and says why."""
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--redis", "http://localhost/"], "not a Redis URL"),
+        (["--redis", "redis://host:notaport/0"], "not a Redis URL"),
+        ([], "--redis URL is needed (or $WSLOGGING_REDIS_URL)"),
+    ],
+)
+def test_serve_bad_url(args: list[str], said: str) -> None:
+    """No URL, or one that is no Redis URL, ends serve at once with status 2 and says why."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WSLOGGING_")}
     done = subprocess.run(
-        [sys.executable, "-m", "wslogging", "serve", "--redis", url, "--port", "0"],
+        [sys.executable, "-m", "wslogging", "serve", "--port", "0", *args],
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
         check=False,
+        env=env,
     )
     assert (2, "") == (done.returncode, done.stdout)
-    assert "not a Redis URL" in done.stderr
+    assert said in done.stderr
 
 
 # -- the handler with backend= --------------------------------------------------------------

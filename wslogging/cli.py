@@ -214,6 +214,8 @@ def _run_tail(args: argparse.Namespace) -> int:
 
 # -- wslogging serve ----------------------------------------------------------------------
 
+# Where serve reads the Redis URL from when --redis is not given.
+REDIS_URL_ENV = "WSLOGGING_REDIS_URL"
 # Exit statuses of serve: 1 when it cannot serve at all, 2 for bad input, 130 after Ctrl-C.
 EXIT_CANNOT_SERVE = 1
 EXIT_USAGE = 2
@@ -237,9 +239,9 @@ def _add_serve(commands: Any) -> None:
     )
     serve.add_argument(
         "--redis",
-        required=True,
         metavar="URL",
-        help="redis://[:password@]host:port/db, rediss:// for TLS, or unix:///path",
+        help="redis://[:password@]host:port/db, rediss:// for TLS, or unix:///path (default: "
+        f"${REDIS_URL_ENV}, which keeps a password out of the process list)",
     )
     serve.add_argument(
         "--stream", default="wslogging", help="the stream's key (default: %(default)s)"
@@ -265,7 +267,11 @@ def _add_serve(commands: Any) -> None:
         "(default: %(default)s)",
     )
     serve.add_argument(
-        "--max-clients", type=_count, default=1000, metavar="N", help="(default: %(default)s)"
+        "--max-clients",
+        type=_count,
+        default=1000,
+        metavar="N",
+        help="streams open at once; more get 503 (default: %(default)s)",
     )
     serve.add_argument(
         "--allowed-origin",
@@ -290,8 +296,12 @@ def _run_serve(args: argparse.Namespace) -> int:
     except ImportError:
         print("wslogging serve: needs redis-py: pip install 'wslogging[redis]'", file=sys.stderr)
         return EXIT_USAGE
+    url = args.redis or os.environ.get(REDIS_URL_ENV)
+    if not url:
+        print(f"wslogging serve: --redis URL is needed (or ${REDIS_URL_ENV})", file=sys.stderr)
+        return EXIT_USAGE
     try:
-        check_url(args.redis)
+        check_url(url)
     except ValueError as exc:
         print(f"wslogging serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -321,7 +331,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         ssl_certfile=args.certfile,
         ssl_keyfile=args.keyfile,
     )
-    server = LogServer(options, lambda: 0, StreamReader(args.redis, args.stream))
+    server = LogServer(options, lambda: 0, StreamReader(url, args.stream))
     try:
         server.start()
     except (OSError, ValueError) as exc:
@@ -332,7 +342,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         return EXIT_CANNOT_SERVE
     with_key = "" if args.api_key or os.environ.get(KEY_ENV) else f" with API key {keys[0]}"
     print(
-        f"wslogging serve: serving the stream {args.stream!r} of {mask_url(args.redis)} "
+        f"wslogging serve: serving the stream {args.stream!r} of {mask_url(url)} "
         f"at {server.url}/{with_key}",
         file=sys.stderr,
         flush=True,
