@@ -401,11 +401,13 @@ async def test_redis_stalled(
     assert list(range(count)) == [log["fields"]["n"] for log in logs]
 
 
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 async def test_redis_outage(
-    rds: RedisServer, stream: str, processes: Callable[[Process], Any]
+    rds: RedisServer, stream: str, processes: Callable[[Process], Any], sig: int
 ) -> None:
-    """Redis killed and started again while a producer logs: its logging calls never wait,
-    what it could not append is counted (and announced by a record), and delivery resumes."""
+    """Redis killed (or stopped) and started again while a producer logs: its logging calls
+    never wait, what it could not append is counted (and announced by a record), and
+    delivery resumes."""
     serve = processes(Serve(rds.url, stream))
     count = 1500
     producer = processes(Producer(rds.url, stream, "p", count, rate=500, queue_size=100))
@@ -413,7 +415,7 @@ async def test_redis_outage(
         ws = await session.ws_connect(f"{serve.url}/ws/logs", headers=AUTH)
         assert "hello" == (await receive_json(ws))["type"]
         logs = await read_records(ws, lambda logs: len(logs) >= 100)
-        rds.stop(signal.SIGKILL)
+        rds.stop(sig)
         wait_until(lambda: producer.said("cannot append to Redis"))
         wait_until(lambda: serve.said("cannot read the stream"))
         # The outage lasts long enough for the producer's queue of 100 to overflow at 500
