@@ -189,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         ],
         [
             "embedded: WebSocketHandler(port=0) serving from this process",
-            "redis: WebSocketHandler(backend=redis://...) -> XADD pipeline -> redis-server -> "
-            "XREAD in `wslogging serve` -> client",
+            "redis: WebSocketHandler(backend=redis://...) -> a script of XADDs per batch -> "
+            "redis-server -> XREAD in `wslogging serve` -> client",
             "records/s: from the first call until the client has every record of the run",
             "emit µs/call: the app thread's time per logging call (not waiting for delivery)",
         ],

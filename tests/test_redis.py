@@ -590,6 +590,22 @@ def test_backend_handler_serves_nothing(rds: RedisServer, stream: str) -> None:
         handler.set_api_keys("k")
 
 
+def test_backend_handler_without_scripts(rds: RedisServer, stream: str) -> None:
+    """Where Redis refuses scripts (here an ACL user without them), records are appended
+    with plain XADDs instead, none lost."""
+    rds.client.execute_command(
+        "ACL", "SETUSER", "noscripts", "on", ">pw", "~*", "+@all", "-@scripting"
+    )
+    url = rds.url.replace("redis://", "redis://noscripts:pw@")
+    handler = configure_backend(url, stream)
+    log = logging.getLogger("app.backend")
+    log.setLevel(logging.INFO)
+    for n in range(50):
+        log.info("record %d", n)
+    handler.close()
+    assert (50, 0) == (rds.client.xlen(stream), handler.records_dropped)
+
+
 def test_backend_handler_redis_unreachable(capfd: pytest.CaptureFixture[str]) -> None:
     """Redis unreachable: records are counted as dropped, the stderr line and the handler's
     URL keep the password masked, and close() returns in its bound."""

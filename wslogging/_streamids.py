@@ -50,9 +50,14 @@ def format_stream_id(key: StreamKey) -> str:
     return f"{key[0]}-{key[1]}"
 
 
+def stream_value(entry: LogEntry) -> bytes:
+    """What the field :data:`FIELD` of the stream entry that carries ``entry`` holds."""
+    return dumps(pack_entry(entry))
+
+
 def stream_fields(entry: LogEntry) -> dict[bytes, bytes]:
     """The fields of the stream entry that carries ``entry`` (for ``XADD``)."""
-    return {FIELD: dumps(pack_entry(entry))}
+    return {FIELD: stream_value(entry)}
 
 
 def entry_from_stream(stream_id: str, fields: Mapping[Any, Any]) -> LogEntry:
