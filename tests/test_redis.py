@@ -182,12 +182,18 @@ class Process:
 class Serve(Process):
     """``wslogging serve --redis``, on a free port of its choosing."""
 
-    def __init__(self, url: str | None, stream: str, env: dict[str, str] | None = None) -> None:
-        """Reads ``url``, or with ``None`` the URL ``env`` gives it."""
+    def __init__(
+        self,
+        url: str | None,
+        stream: str,
+        env: dict[str, str] | None = None,
+        extra: tuple[str, ...] = (),
+    ) -> None:
+        """Reads ``url``, or with ``None`` the URL ``env`` gives it; ``extra`` options."""
         super().__init__(
             [
                 *("-m", "wslogging", "serve", "--stream", stream, "--port", "0"),
-                *("--api-key", KEY, *(("--redis", url) if url else ())),
+                *("--api-key", KEY, *(("--redis", url) if url else ()), *extra),
             ],
             env,
         )
@@ -319,6 +325,27 @@ async def test_resume_after_serve_restart(
         more = await read_records(ws, lambda logs: len(logs) >= 400 - 80)
         assert expected == [log["id"] for log in seen + more]
         await ws.close()
+
+
+async def test_since_older_than_held(
+    rds: RedisServer, stream: str, processes: Callable[[Process], Any]
+) -> None:
+    """An id older than what serve holds (--history) gets gap(history), its count unknown,
+    then the oldest records held; on SSE too, as an ``event: gap``."""
+    processes(Producer(rds.url, stream, "a", 100)).result()
+    expected = stream_ids(rds, stream)
+    serve = processes(Serve(rds.url, stream, extra=("--history", "50")))
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(f"{serve.url}/ws/logs?since={expected[10]}", headers=AUTH)
+        await receive_json(ws)
+        assert {"type": "gap", "missed": None, "reason": "history"} == await receive_json(ws)
+        logs = await read_records(ws, lambda logs: len(logs) >= 50)
+        assert expected[50:] == [log["id"] for log in logs]
+        await ws.close()
+        url = f"{serve.url}/api/get-logs-stream?since={expected[10]}&limit=1"
+        async with session.get(url, headers=AUTH) as response:
+            gap, first = await read_sse(response)
+        assert ("gap", expected[50]) == (gap["event"], first["id"])
 
 
 async def test_ack_resumes_on_any_serve(
