@@ -602,17 +602,25 @@ def configure_backend(url: str, stream: str, **options: Any) -> wslogging.WebSoc
     return handler
 
 
+def log_and_close(
+    handler: wslogging.WebSocketHandler, rds: RedisServer, stream: str, count: int
+) -> tuple[int, int]:
+    """Log ``count`` records through ``handler`` and close it: the stream's length then,
+    and the records the handler dropped."""
+    log = logging.getLogger("app.backend")
+    log.setLevel(logging.INFO)
+    for n in range(count):
+        log.info("record %d", n)
+    handler.close()
+    return rds.client.xlen(stream), handler.records_dropped
+
+
 def test_backend_handler_serves_nothing(rds: RedisServer, stream: str) -> None:
     """With backend=, the handler binds no port, and close() leaves every record in the
     stream."""
     handler = configure_backend(rds.url, stream)
     assert 0 == handler.port
-    log = logging.getLogger("app.backend")
-    log.setLevel(logging.INFO)
-    for n in range(50):
-        log.info("record %d", n)
-    handler.close()
-    assert (50, 0) == (rds.client.xlen(stream), handler.records_dropped)
+    assert (50, 0) == log_and_close(handler, rds, stream, 50)
     with pytest.raises(RuntimeError, match="wslogging serve"):
         handler.set_api_keys("k")
 
@@ -625,12 +633,7 @@ def test_backend_handler_without_scripts(rds: RedisServer, stream: str) -> None:
     )
     url = rds.url.replace("redis://", "redis://noscripts:pw@")
     handler = configure_backend(url, stream)
-    log = logging.getLogger("app.backend")
-    log.setLevel(logging.INFO)
-    for n in range(50):
-        log.info("record %d", n)
-    handler.close()
-    assert (50, 0) == (rds.client.xlen(stream), handler.records_dropped)
+    assert (50, 0) == log_and_close(handler, rds, stream, 50)
 
 
 def test_backend_handler_redis_unreachable(capfd: pytest.CaptureFixture[str]) -> None:
