@@ -1,7 +1,7 @@
 """Run every benchmark, each in a fresh interpreter, and print their tables.
 
-Usage: ``python benchmarks/run.py [--quick] [--only emit fanout latency memory]``. Options
-after ``--`` go to every script.
+Usage: ``python benchmarks/run.py [--quick] [--only emit fanout latency memory redis_mode]``.
+Options after ``--`` go to every script.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from _common import environment
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("emit", "fanout", "latency", "memory")
+SCRIPTS = ("emit", "fanout", "latency", "memory", "redis_mode")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -128,7 +128,8 @@ async def test_generated_key_is_printed_once(
         ({"max_clients_per_key": 0}, "max_clients_per_key must be at least 1"),
         ({"max_clients_per_key": "many"}, "max_clients_per_key must be a number"),
         ({"allow_query_token": "maybe"}, "allow_query_token must be true or false"),
-        ({"backend": "redis://localhost:6379/0"}, "Redis backend is not available"),
+        ({"backend": "mysql://localhost/logs"}, "not a Redis URL"),
+        ({"backend": "redis://localhost:6379/0", "stream": ""}, "stream must be a non-empty"),
     ],
 )
 def test_bad_options_raise_clearly(options: dict[str, object], message: str) -> None:

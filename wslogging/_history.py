@@ -33,6 +33,15 @@ class Gap:
     reason: str
 
 
+@dataclass(frozen=True)
+class Resume:
+    """A resume point worked out elsewhere (from ids that are not positions, as a Redis
+    stream's): the first position a client gets, and the gap it is told first."""
+
+    start: int
+    gap: Gap | None
+
+
 class SinceError(ValueError):
     """A ``since`` / ``Last-Event-ID`` value that is not an id at all."""
 
@@ -112,10 +121,11 @@ class History:
             return self._ring[entry_id % self.maxlen]
         return None
 
-    def resume(self, since: int | None) -> tuple[int, Gap | None]:
+    def resume(self, since: int | Resume | None) -> tuple[int, Gap | None]:
         """Where a client that last saw ``since`` continues, and the gap it must be told first.
 
         - ``None``: live only, from the next record on.
+        - a :class:`Resume`: what it says.
         - ``0``: everything this run still holds (a gap only if some of it was forgotten).
         - an id of this run still held: right after it, no gap.
         - an id of this run already forgotten: ``gap(history)`` counting what was forgotten,
@@ -125,6 +135,8 @@ class History:
         """
         if since is None:
             return self._next_id, None
+        if isinstance(since, Resume):
+            return since.start, since.gap
         if since == 0:
             since = self.first_id - 1
         if self.first_id - 1 <= since <= self.last_id:

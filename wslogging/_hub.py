@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._filters import Filter
-from ._history import Gap, History
+from ._history import Gap, History, Resume
 from ._protocol import Liveness
 from ._wire import LogEntry, ws_frames
 
@@ -266,8 +266,11 @@ class Hub:
         client_queue_size: int,
         slow_client: SlowClientPolicy,
         max_clients: int,
+        first_id: int | None = None,
+        epoch: str | None = None,
     ) -> None:
-        self.history = History(history)
+        self.history = History(history, first_id)
+        self._epoch = epoch
         self.client_queue_size = client_queue_size
         self.slow_client = slow_client
         self.max_clients = max_clients
@@ -279,8 +282,9 @@ class Hub:
 
     @property
     def epoch(self) -> str:
-        """Changes whenever the server starts afresh."""
-        return str(self.history.first_id)
+        """Changes whenever the server starts afresh; a server whose ids outlive it (a Redis
+        stream's) names them with an epoch of its own that does not."""
+        return self._epoch if self._epoch is not None else str(self.history.first_id)
 
     @property
     def full(self) -> bool:
@@ -293,7 +297,7 @@ class Hub:
     def connect(
         self,
         flt: Filter,
-        since: int | None,
+        since: int | Resume | None,
         greeting: dict[str, Any] | None = None,
         key: bytes | None = None,
     ) -> Client:

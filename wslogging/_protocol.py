@@ -39,8 +39,12 @@ class Ack:
 ClientMessage = Ping | Subscribe | Ack
 
 
-def parse_client_message(text: str) -> ClientMessage:
-    """The message in ``text``; raises :class:`ProtocolError` saying what is wrong."""
+def parse_client_message(text: str, read_id: Callable[[str], int] = parse_id) -> ClientMessage:
+    """The message in ``text``; raises :class:`ProtocolError` saying what is wrong.
+
+    ``read_id`` turns an acknowledged id into a position of the server's history (raising
+    :class:`SinceError` for one that is no id): the server's own ids are positions already,
+    a Redis stream's are not."""
     if len(text) > MAX_CLIENT_MESSAGE:
         raise ProtocolError(f"message over {MAX_CLIENT_MESSAGE} bytes")
     try:
@@ -62,7 +66,7 @@ def parse_client_message(text: str) -> ClientMessage:
         if not isinstance(entry_id, str):
             raise ProtocolError("ack id must be a string")
         try:
-            return Ack(parse_id(entry_id))
+            return Ack(read_id(entry_id))
         except SinceError as exc:
             raise ProtocolError(str(exc)) from None
     raise ProtocolError(f"unknown message type: {str(kind)[:40]!r}")

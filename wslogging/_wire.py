@@ -51,7 +51,9 @@ _EVENT_KEYS = frozenset({"event", "exc_info", "stack_info"})
 class LogEntry:
     """One record, rendered on the app thread and frozen from then on.
 
-    ``id`` is 0 until the server accepts the entry. Its bytes on the wire are made on the
+    ``id`` is 0 until the server accepts the entry. ``stream_id`` is ``None`` but for a
+    record read from a Redis stream, whose id on the wire it is (``id`` is then only its
+    position in the serve process's history). Its bytes on the wire are made on the
     server thread the first time a client (or a page of history) needs them, and kept: each
     record is encoded once however many clients get it; a record nobody reads is never
     encoded.
@@ -69,6 +71,7 @@ class LogEntry:
         "log",
         "logger",
         "pid",
+        "stream_id",
     )
 
     def __init__(
@@ -95,6 +98,7 @@ class LogEntry:
         self.exc = exc
         self.pid = os.getpid() if pid is None else pid
         self.id = 0
+        self.stream_id: str | None = None
         self._data: bytes | None = None
 
     @property
@@ -106,11 +110,16 @@ class LogEntry:
             data = self._data = encode_entry(self)
         return data
 
+    @property
+    def wire_id(self) -> str:
+        """The id clients see: ``stream_id`` if set, else ``id`` as a string."""
+        return str(self.id) if self.stream_id is None else self.stream_id
+
     def to_dict(self) -> dict[str, Any]:
-        """The SPEC §4 object (``id`` as a string)."""
+        """The SPEC §4 object (``id`` as a string: :attr:`wire_id`)."""
         return {
             "type": "log",
-            "id": str(self.id),
+            "id": self.wire_id,
             "log": self.log,
             "level": self.level,
             "levelno": self.levelno,
@@ -411,7 +420,7 @@ def _encode_fast(entry: LogEntry, dumps: Callable[[Any], bytes]) -> bytes:
     return b"".join(
         (
             b'{"type":"log","id":',
-            b'"%d"' % entry.id if type(entry.id) is int else dumps(str(entry.id)),
+            b'"%d"' % entry.id if entry.stream_id is None else dumps(entry.stream_id),
             b',"log":',
             dumps(entry.log),
             head,
@@ -462,7 +471,7 @@ def encode_entry(entry: LogEntry) -> bytes:
         return dumps(
             {
                 "type": "log",
-                "id": str(entry.id),
+                "id": entry.wire_id,
                 "log": _text(entry.log),
                 "level": _text(entry.level),
                 "levelno": entry.levelno if _small_int(entry.levelno) else logging.NOTSET,

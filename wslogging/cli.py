@@ -1,4 +1,5 @@
-"""The ``wslogging`` command line (also ``python -m wslogging``): ``tail`` and ``demo``."""
+"""The ``wslogging`` command line (also ``python -m wslogging``): ``tail``, ``demo`` and
+``serve``."""
 
 from __future__ import annotations
 
@@ -89,6 +90,7 @@ def build_parser(prog: str = "wslogging") -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_run_demo)
     _add_tail(commands)
+    _add_serve(commands)
     return parser
 
 
@@ -208,6 +210,164 @@ def _run_tail(args: argparse.Namespace) -> int:
         cafile=args.cafile,
     )
     return _tail.run(options)
+
+
+# -- wslogging serve ----------------------------------------------------------------------
+
+# Where serve reads the Redis URL from when --redis is not given.
+REDIS_URL_ENV = "WSLOGGING_REDIS_URL"
+# Exit statuses of serve: 1 when it cannot serve at all, 2 for bad input, 130 after Ctrl-C.
+EXIT_CANNOT_SERVE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+# How long serve may take to end its streams when stopped.
+SERVE_CLOSE_TIMEOUT = 2.0
+
+
+def _add_serve(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="serve the records of a Redis stream that handlers append to",
+        description=(
+            "Serve every endpoint of wslogging (WebSocket, SSE, JSON, the web viewer) from a "
+            "Redis stream that WebSocketHandler(backend='redis://...') appends to, on any "
+            "number of hosts. Several serve processes may read the same stream. Record ids "
+            "are the stream's ids, so clients resume across restarts from what Redis keeps. "
+            "An unreachable Redis is retried without end (one line says so); Ctrl-C or "
+            "SIGTERM stop it."
+        ),
+    )
+    serve.add_argument(
+        "--redis",
+        metavar="URL",
+        help="redis://[:password@]host:port/db, rediss:// for TLS, or unix:///path (default: "
+        f"${REDIS_URL_ENV}, which keeps a password out of the process list)",
+    )
+    serve.add_argument(
+        "--stream", default="wslogging", help="the stream's key (default: %(default)s)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    serve.add_argument(
+        "--port", type=_port, default=3000, help="port; 0 picks a free one (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help=f"a key clients may use; repeatable (default: ${KEY_ENV}, comma-separated; "
+        "on loopback without either, a random key is made and printed)",
+    )
+    serve.add_argument(
+        "--history",
+        type=_count,
+        default=10000,
+        metavar="N",
+        help="newest records held for replay, loaded from the stream at start "
+        "(default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-clients",
+        type=_count,
+        default=1000,
+        metavar="N",
+        help="streams open at once; more get 503 (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=None,
+        metavar="ORIGIN",
+        help="refuse WebSocket handshakes from other Origins; repeatable",
+    )
+    serve.add_argument("--certfile", metavar="PEM", help="serve https/wss with this certificate")
+    serve.add_argument("--keyfile", metavar="PEM", help="the certificate's private key")
+    serve.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    """Serve until Ctrl-C (status 130) or SIGTERM (status 0)."""
+    from ._auth import generate_key, is_loopback_host
+    from ._hub import SlowClientPolicy
+    from .server import LogServer, ServerOptions
+
+    try:
+        from ._redis import StreamReader, check_url, mask_url
+    except ImportError:
+        print("wslogging serve: needs redis-py: pip install 'wslogging[redis]'", file=sys.stderr)
+        return EXIT_USAGE
+    url = args.redis or os.environ.get(REDIS_URL_ENV)
+    if not url:
+        print(f"wslogging serve: --redis URL is needed (or ${REDIS_URL_ENV})", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        check_url(url)
+    except ValueError as exc:
+        print(f"wslogging serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    keys = configured_keys(args.api_key or None, KEY_ENV, os.environ)
+    if not keys:
+        if not is_loopback_host(args.host):
+            print(
+                f"wslogging serve: refusing to serve on {args.host}, which is not loopback, "
+                f"without an API key (--api-key or ${KEY_ENV})",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        keys = [generate_key()]
+    options = ServerOptions(
+        host=args.host,
+        port=args.port,
+        keys=tuple(keys),
+        history=args.history,
+        queue_size=1,  # nothing is handed in from threads
+        client_queue_size=1000,
+        slow_client=SlowClientPolicy.DROP,
+        heartbeat=15.0,
+        max_clients=args.max_clients,
+        max_clients_per_key=args.max_clients,
+        allowed_origins=frozenset(args.allowed_origin) if args.allowed_origin else None,
+        allow_query_token=True,
+        ssl_certfile=args.certfile,
+        ssl_keyfile=args.keyfile,
+    )
+    server = LogServer(options, lambda: 0, StreamReader(url, args.stream))
+    try:
+        server.start()
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(
+            f"wslogging serve: cannot serve on {args.host}:{args.port} ({reason})", file=sys.stderr
+        )
+        return EXIT_CANNOT_SERVE
+    with_key = "" if args.api_key or os.environ.get(KEY_ENV) else f" with API key {keys[0]}"
+    print(
+        f"wslogging serve: serving the stream {args.stream!r} of {mask_url(url)} "
+        f"at {server.url}/{with_key}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return _serve_until_stopped(server, SERVE_CLOSE_TIMEOUT)
+
+
+def _serve_until_stopped(server: Any, timeout: float) -> int:
+    """Wait for SIGINT or SIGTERM, then close ``server``; the exit status."""
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.close(timeout)
+    return EXIT_INTERRUPTED if received[0] == signal.SIGINT else 0
 
 
 # -- wslogging demo -----------------------------------------------------------------------

@@ -10,7 +10,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _auth
 from ._filters import parse_level
@@ -18,6 +18,9 @@ from ._hub import SlowClientPolicy
 from ._redact import RedactingFilter
 from ._wire import LogEntry, default_message, json_safe, render_record
 from .server import LogServer, ServerOptions
+
+if TYPE_CHECKING:
+    from ._redis import StreamAppender
 
 # How long close() may spend delivering what is queued before it gives up.
 CLOSE_TIMEOUT = 2.0
@@ -90,6 +93,11 @@ class WebSocketHandler(logging.Handler):
     - :meth:`close` (``logging.shutdown()`` calls it at exit) delivers what is queued within
       about :data:`CLOSE_TIMEOUT` seconds, closes WebSockets with 1001 and ends SSE streams.
       It is idempotent; records after it are counted as dropped.
+    - With ``backend="redis://..."`` nothing is served and no port is bound: records are
+      appended to the Redis stream ``stream`` (``XADD``, the stream bounded to about
+      ``history`` entries) from a daemon thread, for ``wslogging serve --redis`` to serve.
+      The queue, the drops and :meth:`close` behave as above; Redis being down costs records
+      (counted), never a wait.
 
     The message sent as ``log`` is the handler's formatter output when one is set; without
     one, it is the bare message (the traceback goes to ``exc`` instead of being repeated).
@@ -117,11 +125,6 @@ class WebSocketHandler(logging.Handler):
         backend: str | None = None,
         stream: str = "wslogging",
     ) -> None:
-        if backend:
-            raise ValueError(
-                f"backend={backend!r}: the Redis backend is not available in this version "
-                "of wslogging; leave backend unset to serve from this process"
-            )
         try:
             policy = SlowClientPolicy(slow_client)
         except ValueError:
@@ -129,7 +132,7 @@ class WebSocketHandler(logging.Handler):
                 f"slow_client must be 'drop' or 'disconnect', not {slow_client!r}"
             ) from None
         keys = _auth.configured_keys(api_keys, api_key_env, os.environ)
-        generated = not keys
+        generated = not keys and not backend
         if generated:
             keys = [_auth.generate_key()]
         clients: int = _number("max_clients", max_clients, int, 0)
@@ -152,6 +155,7 @@ class WebSocketHandler(logging.Handler):
             ssl_certfile=ssl_certfile or None,
             ssl_keyfile=ssl_keyfile or None,
         )
+        appender = _appender(self, backend, stream, options) if backend else None
         # Only now, with every option valid, does the handler join logging's handler list.
         super().__init__(level)
         self.stream = stream
@@ -161,6 +165,12 @@ class WebSocketHandler(logging.Handler):
         self._drop_lock = threading.RLock()
         self._local = threading.local()
         self._dropped = 0
+        if appender is not None:
+            self._server: LogServer | StreamAppender = appender
+            appender.start()  # connects in its own thread; an outage is its business
+            self.state = HandlerState.SERVING
+            _handlers.add(self)
+            return
         self._server = LogServer(options, lambda: self._dropped)
         if not _auth.is_loopback_host(options.host) and generated:
             self._say(
@@ -195,12 +205,14 @@ class WebSocketHandler(logging.Handler):
 
     @property
     def port(self) -> int:
-        """The port being served (the chosen one when configured with ``port=0``)."""
+        """The port being served (the chosen one when configured with ``port=0``); 0 with
+        ``backend=`` (nothing is served)."""
         return self._server.port
 
     @property
     def url(self) -> str:
-        """The base URL, as ``http://127.0.0.1:3000`` (no trailing slash)."""
+        """The base URL, as ``http://127.0.0.1:3000`` (no trailing slash); with ``backend=``,
+        the Redis URL, its password masked."""
         return self._server.url
 
     @property
@@ -220,6 +232,10 @@ class WebSocketHandler(logging.Handler):
     def _count_drop(self) -> None:
         with self._drop_lock:
             self._dropped += 1
+
+    def _count_drops(self, count: int) -> None:
+        with self._drop_lock:
+            self._dropped += count
 
     # -- the logging path -----------------------------------------------------------------
 
@@ -342,6 +358,28 @@ class WebSocketHandler(logging.Handler):
 
     def __repr__(self) -> str:
         return f"<WebSocketHandler {self.url} ({self.state.value})>"
+
+
+def _appender(
+    handler: WebSocketHandler, backend: str, stream: str, options: ServerOptions
+) -> StreamAppender:
+    """The Redis appender for ``backend=``; ``ValueError`` for a bad URL or stream name, or
+    without redis-py."""
+    try:
+        from ._redis import StreamAppender, check_url
+    except ImportError:
+        raise ValueError("backend= needs redis-py: pip install 'wslogging[redis]'") from None
+    check_url(backend)
+    if not isinstance(stream, str) or not stream:
+        raise ValueError(f"stream must be a non-empty string, not {stream!r}")
+    return StreamAppender(
+        backend,
+        stream,
+        maxlen=options.history,
+        queue_size=options.queue_size,
+        dropped=lambda: handler._dropped,
+        count_drops=handler._count_drops,
+    )
 
 
 def _after_fork_in_child() -> None:

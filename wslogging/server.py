@@ -25,7 +25,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -41,7 +41,7 @@ from ._auth import (
 )
 from ._filters import Filter, FilterError, filter_from_query
 from ._handoff import Handoff
-from ._history import Gap, SinceError, parse_id
+from ._history import Gap, Resume, SinceError, parse_id
 from ._hub import Batch, Client, ClientState, Hub, Item, SendPing, SendPong, SlowClientPolicy
 from ._openapi import openapi_document
 from ._protocol import (
@@ -75,6 +75,8 @@ MAX_REST = 0.01
 # Default and largest page of ``GET /api/logs``.
 PAGE_DEFAULT = 1000
 PAGE_MAX = 10000
+# How long a request waits for a source to load (see RecordSource.ready) before it gets 503.
+SOURCE_WAIT = 3.0
 # The ``retry:`` an SSE stream starts with: how long a browser waits before reconnecting.
 SSE_RETRY_MS = 2000
 # The headers of a WebSocket handshake that aiohttp reads; their values must be ASCII.
@@ -201,15 +203,70 @@ def _positive(request: web.Request, name: str, maximum: float, kind: type = floa
     return value
 
 
-def _since(request: web.Request, header: bool) -> int | None:
+def _since_text(request: web.Request, header: bool) -> str | None:
     """``Last-Event-ID`` (when ``header``) wins over ``?since=``: a reconnecting EventSource
     sends the header while its URL still carries the original ``since``."""
     text = request.headers.get("Last-Event-ID") if header else None
     if not text:
         text = request.query.get("since")
-    if not text:
-        return None
-    return parse_id(text)
+    return text or None
+
+
+class IdScheme(Protocol):
+    """How the ids clients see relate to positions in the server's history."""
+
+    def since(self, text: str) -> int | Resume:
+        """A ``since`` / ``Last-Event-ID`` for :meth:`History.resume`; raises
+        :class:`SinceError` for text that is no id."""
+
+    def ack(self, text: str) -> int:
+        """The position an acknowledged id stands for; raises :class:`SinceError`."""
+
+    def wire_id(self, position: int) -> str:
+        """The id clients see for the history position ``position``."""
+
+
+class CountedIds:
+    """The ids of a server that takes its records from the app: its history's positions."""
+
+    since = ack = staticmethod(parse_id)
+
+    @staticmethod
+    def wire_id(position: int) -> str:
+        return str(position)
+
+
+class RecordSource(Protocol):
+    """Where a server gets its records when not from the app's threads (``wslogging serve``
+    reads them from a Redis stream): it runs as a task on the server's loop."""
+
+    first_id: int
+    epoch: str
+
+    def attach(self, hub: Hub) -> IdScheme:
+        """The hub the source feeds (it may count ``records_failed`` there), and the ids
+        it serves in exchange."""
+
+    async def run(self, accept: Callable[[list[_wire.LogEntry]], None]) -> None:
+        """Pass records to ``accept`` in order, never awaiting it, until cancelled."""
+
+    def stats(self) -> dict[str, Any]:
+        """What ``/api/stats`` adds about the source."""
+
+    async def ready(self) -> None:
+        """Return once the source has loaded what it had when the server started, against
+        which ids are resolved."""
+
+    async def reached(self, since: str) -> None:
+        """Return once the source has read up to the id ``since`` (at once for text that is
+        no id of the source): a client may come from another server further ahead, and
+        resuming it before would send it records it has."""
+
+    async def acked(self, client_id: str) -> str | None:
+        """The id ``client_id`` last acknowledged to any server of the source, if known."""
+
+    def ack(self, client_id: str, wire_id: str) -> None:
+        """Remember (without waiting) that ``client_id`` acknowledged ``wire_id``."""
 
 
 def _message(item: Gap | dict[str, Any]) -> bytes:
@@ -222,7 +279,7 @@ def _message(item: Gap | dict[str, Any]) -> bytes:
 def _sse(item: _wire.LogEntry | Gap | dict[str, Any]) -> bytes:
     """The SSE event for one queued item (records carry ``id:``; gaps are ``event: gap``)."""
     if isinstance(item, _wire.LogEntry):
-        return _wire.sse_event(item.data, event_id=str(item.id))
+        return _wire.sse_event(item.data, event_id=item.wire_id)
     kind = "gap" if isinstance(item, Gap) else str(item.get("type", "message"))
     return _wire.sse_event(_message(item), event=kind)
 
@@ -236,7 +293,14 @@ class LogServer:
     :meth:`close` is idempotent and bounded in time.
     """
 
-    def __init__(self, options: ServerOptions, dropped: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        options: ServerOptions,
+        dropped: Callable[[], int],
+        source: RecordSource | None = None,
+    ) -> None:
+        """Serve records :meth:`submit` hands in, or, with ``source``, the source's records
+        (then :meth:`submit` refuses every record)."""
         self.options = options
         self.state = ServerState.NEW
         self._dropped = dropped
@@ -249,7 +313,11 @@ class LogServer:
             client_queue_size=options.client_queue_size,
             slow_client=options.slow_client,
             max_clients=options.max_clients,
+            first_id=source.first_id if source else None,
+            epoch=source.epoch if source else None,
         )
+        self._source = source
+        self._ids: IdScheme = source.attach(self.hub) if source else CountedIds()
         self.port = 0
         self.thread_id: int | None = None
         self._handoff: Handoff[_wire.LogEntry] | None = None
@@ -292,7 +360,8 @@ class LogServer:
         # Made here, on the caller's thread: asyncio logs while making a loop, and in the
         # server thread that log call could wait for the lock dictConfig holds around us.
         self._loop = new_event_loop()
-        self._handoff = Handoff(self.options.queue_size, self._loop)
+        if self._source is None:
+            self._handoff = Handoff(self.options.queue_size, self._loop)
         self.state = ServerState.RUNNING
         self._thread = threading.Thread(
             target=self._run, args=(sock, ssl_context), name="wslogging-server", daemon=True
@@ -417,7 +486,9 @@ class LogServer:
         await self._runner.setup()
         self._site = web.SockSite(self._runner, sock, ssl_context=ssl_context)
         await self._site.start()
-        self._consumer = asyncio.create_task(self._consume())
+        self._consumer = asyncio.create_task(
+            self._consume() if self._source is None else self._read_source(self._source)
+        )
 
     async def _consume(self) -> None:
         """Move records from the app's queue into the hub, in batches, never awaiting a
@@ -441,6 +512,14 @@ class LogServer:
             accept(entries)
             # Also lets the writers run between batches.
             await asyncio.sleep(min(clock() - began, MAX_REST))
+
+    async def _read_source(self, source: RecordSource) -> None:
+        """Run ``source``; should it fail (a bug: it handles its own outages), say so and go
+        on serving what is held."""
+        try:
+            await source.run(self._accept)
+        except Exception as exc:
+            print(f"wslogging: reading records stopped: {exc!r}", file=sys.stderr, flush=True)
 
     def _close_revoked(self) -> None:
         """Close every stream whose key is no longer accepted (server thread)."""
@@ -478,15 +557,13 @@ class LogServer:
         # The port first: a handler configured anew on it can bind it at once.
         await self._site.stop()
         self._released.set()
-        assert self._handoff is not None
-        # Later submits fail fast; the consumer drains what is queued at its usual pace (so
-        # clients that keep up lose nothing), then stops.
-        self._handoff.shutdown()
-        try:
-            async with asyncio.timeout_at(deadline):
-                await self._consumer
-        except TimeoutError:
-            pass
+        if self._handoff is None:
+            self._consumer.cancel()  # a source: what it has accepted is all there is to send
+        else:
+            # Later submits fail fast; the consumer drains what is queued at its usual pace
+            # (so clients that keep up lose nothing), then stops.
+            self._handoff.shutdown()
+        await asyncio.wait([self._consumer], timeout=max(0.0, deadline - loop.time()))
         self.hub.finish_all(1001, "server shutting down")
         if self._connections:
             await asyncio.wait(self._connections, timeout=max(0.0, deadline - loop.time()))
@@ -582,16 +659,38 @@ class LogServer:
         stats["records_dropped"] = self._dropped()
         stats["queue_size"] = self._handoff.qsize() if self._handoff else 0
         stats["epoch"] = self.hub.epoch
+        stats.update(self._source.stats() if self._source else {"backend": "embedded"})
         return _json(stats)
 
     async def _ticket(self, request: web.Request) -> web.Response:
         ticket = self._tickets.issue(time.monotonic(), request[_KEY_ID])
         return _json({"ticket": ticket, "expires_in": int(self._tickets.lifetime)})
 
+    async def _not_ready(self, request: web.Request, header_since: bool) -> web.Response | None:
+        """With a source: a 503 while it has not loaded yet (Redis unreachable since the
+        server started), since an id cannot be resolved before; then a wait (bounded) until
+        it has read up to the ``since`` asked for."""
+        source = self._source
+        if source is None:
+            return None
+        try:
+            async with asyncio.timeout(SOURCE_WAIT):
+                await source.ready()
+        except TimeoutError:
+            return _error(503, "unavailable", "the records' source is not readable yet; retry")
+        since = _since_text(request, header_since)
+        if since is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SOURCE_WAIT):
+                    await source.reached(since)
+        return None
+
     async def _logs(self, request: web.Request) -> web.Response:
+        if unready := await self._not_ready(request, header_since=False):
+            return unready
         try:
             flt = filter_from_query(request.query.items())
-            since = _since(request, header=False)
+            since = self._since(request, header=False)
             limit = int(_positive(request, "limit", PAGE_MAX, int) or PAGE_DEFAULT)
         except (FilterError, SinceError) as exc:
             return _bad_request(str(exc))
@@ -608,7 +707,7 @@ class LogServer:
                 b'{"records":[',
                 b",".join(e.data for e in records),
                 b'],"last_id":"',
-                str(last).encode(),
+                self._ids.wire_id(last).encode(),
                 b'","gap":',
                 b"null" if gap is None else _message(gap),
                 b"}",
@@ -616,20 +715,27 @@ class LogServer:
         )
         return web.Response(body=body, content_type="application/json")
 
+    def _since(self, request: web.Request, header: bool) -> int | Resume | None:
+        """The resume point a request names (see :func:`_since_text`), if any."""
+        text = _since_text(request, header)
+        return None if text is None else self._ids.since(text)
+
     def _open(
         self, request: web.Request, *, header_since: bool
-    ) -> tuple[Filter, int | None] | web.Response:
+    ) -> tuple[Filter, int | Resume | None] | web.Response:
         """The filter and resume point a stream asks for, or the error response."""
         if self.hub.full:
             return _error(503, "unavailable", "too many clients")
         if self.hub.clients_of(request[_KEY_ID]) >= self.options.max_clients_per_key:
             return _error(503, "unavailable", "too many streams for this API key")
         try:
-            return filter_from_query(request.query.items()), _since(request, header_since)
+            return filter_from_query(request.query.items()), self._since(request, header_since)
         except (FilterError, SinceError) as exc:
             return _bad_request(str(exc))
 
     async def _sse(self, request: web.Request) -> web.StreamResponse:
+        if unready := await self._not_ready(request, header_since=True):
+            return unready
         opened = self._open(request, header_since=True)
         if isinstance(opened, web.Response):
             return opened
@@ -698,15 +804,23 @@ class LogServer:
         problem = self._authenticate(request)
         client = None
         if problem is None:
+            if unready := await self._not_ready(request, header_since=False):
+                return unready
+            client_id = request.query.get("client_id") or None
+            if client_id is not None and len(client_id) > MAX_CLIENT_ID:
+                return _bad_request(f"client_id is longer than {MAX_CLIENT_ID} characters")
+            # Asked of the source before _open, so that nothing is awaited between the
+            # checks there and the client's registration.
+            stored = await self._stored_ack(client_id, request)
             opened = self._open(request, header_since=False)
             if isinstance(opened, web.Response):
                 return opened
             flt, since = opened
-            client_id = request.query.get("client_id") or None
-            if client_id is not None and len(client_id) > MAX_CLIENT_ID:
-                return _bad_request(f"client_id is longer than {MAX_CLIENT_ID} characters")
             if since is None and client_id is not None:
                 since = self.hub.acked(client_id)  # resume right after the last ack
+                if since is None and stored is not None:
+                    with contextlib.suppress(SinceError):
+                        since = self._ids.since(stored)
             # Registered before the first await, so that max_clients holds however many
             # handshakes arrive at once.
             client = self.hub.connect(flt, since, self._hello(flt), request[_KEY_ID])
@@ -751,7 +865,7 @@ class LogServer:
                 try:
                     if frame.type is not WSMsgType.TEXT:
                         raise ProtocolError("send JSON text messages")
-                    self._on_message(client, parse_client_message(frame.data))
+                    self._on_message(client, parse_client_message(frame.data, self._ids.ack))
                 except ProtocolError as exc:
                     if not budget.error():
                         client.kick(1008, "too many malformed messages")
@@ -762,12 +876,27 @@ class LogServer:
         finally:
             writer.cancel()
 
+    async def _stored_ack(self, client_id: str | None, request: web.Request) -> str | None:
+        """The id ``client_id`` last acknowledged to another server of the source (or to
+        an earlier run of this one), when this one does not know it and it matters."""
+        source = self._source
+        if source is None or client_id is None or request.query.get("since"):
+            return None
+        if self.hub.acked(client_id) is not None:
+            return None
+        stored = await source.acked(client_id)
+        if stored is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SOURCE_WAIT):
+                    await source.reached(stored)
+        return stored
+
     def _hello(self, flt: Filter) -> dict[str, Any]:
         return {
             "type": "hello",
             "server": f"wslogging/{__version__}",
             "epoch": self.hub.epoch,
-            "last_id": str(self.hub.history.last_id),
+            "last_id": self._ids.wire_id(self.hub.history.last_id),
             "filter": flt.to_json(),
         }
 
@@ -852,6 +981,10 @@ class LogServer:
                 self.hub.ack(client.client_id, message.id)
             except ValueError as exc:
                 raise ProtocolError(str(exc)) from None
+            if self._source is not None:
+                acked = self.hub.acked(client.client_id)
+                assert acked is not None
+                self._source.ack(client.client_id, self._ids.wire_id(acked))
 
     def _track(self, request: web.Request, client: Client) -> asyncio.Transport | None:
         """Note this stream's task (close() waits for it) and give ``client`` the means to
