@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -154,3 +155,130 @@ async def test_forwarder_closes_cleanly_and_delivers(
         ticks = [r["log"] for r in (await response.json())["records"]]
     assert [f"tick {n}" for n in range(len(ticks))] == ticks
     assert len(ticks) == entry["records_received"]
+
+
+async def ingest(
+    session: aiohttp.ClientSession, url: str, secret: str, *, right: bool = True
+) -> aiohttp.ClientWebSocketResponse:
+    """A hand-made forwarder connection, through the handshake with ``secret`` (``right``:
+    the server's, whose proof of it is checked too)."""
+    nonce = _ingest.new_nonce()
+    ws = await session.ws_connect(f"{url}{_ingest.INGEST_PATH}?nonce={nonce}")
+    challenge = _ingest.parse_challenge((await ws.receive(timeout=TIMEOUT)).data)
+    if right:
+        assert _ingest.proof_matches(challenge.proof, _ingest.server_proof(secret, nonce))
+    proof = _ingest.forwarder_proof(secret, challenge.nonce)
+    await ws.send_str(_ingest.auth_message(4242, proof))
+    return ws
+
+
+def secret_of(handler: wslogging.WebSocketHandler) -> str:
+    found = _rendezvous.read("127.0.0.1", handler.port)
+    assert found is not None
+    return found.secret
+
+
+async def test_wrong_secret_is_refused(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """A forwarder that cannot prove it knows the secret is closed with 4401 and changes
+    nothing: no record, no forwarder in the stats."""
+    ws = await ingest(session, handler.url, "not the secret at all", right=False)
+    message = await ws.receive(timeout=TIMEOUT)
+    assert (aiohttp.WSMsgType.CLOSE, 4401, "invalid ingest secret") == (
+        message.type,
+        message.data,
+        message.extra,
+    )
+    data = await stats(session, handler.url)
+    assert ([], 0) == (data["forwarders"], data["history_size"])
+
+
+async def test_api_key_is_no_ingest_secret(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """The API key lets a client read, not write: as the ingest secret it is refused."""
+    ws = await ingest(session, handler.url, KEY, right=False)
+    assert 4401 == (await ws.receive(timeout=TIMEOUT)).data
+
+
+async def test_ingest_needs_a_nonce(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """No (or a malformed) nonce is a 400 that says what is wrong."""
+    async with session.get(f"{handler.url}{_ingest.INGEST_PATH}?nonce=xyz") as response:
+        assert 400 == response.status
+        assert "nonce must be" in (await response.json())["detail"]
+
+
+async def test_malformed_frames_get_errors_and_change_nothing(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """Bad batches and control messages are answered with ``error`` and the connection stays;
+    good records next to bad ones still arrive; an oversized frame closes it (1009)."""
+    ws = await ingest(session, handler.url, secret_of(handler))
+    assert "accepted" == (await receive_json(ws))["type"]
+    record = ["hi", 20, "INFO", "app", "app", time.time(), {}, None, 4242]
+    bad_frames: list[str | bytes] = [
+        b"not json",
+        b'{"a": 1}',
+        json.dumps([record, [1, 2]]).encode(),
+        "not json",
+        '{"type": "dropped", "count": -1}',
+    ]
+    errors = []
+    for frame in bad_frames:
+        await (ws.send_bytes(frame) if isinstance(frame, bytes) else ws.send_str(frame))
+        errors.append((await receive_json(ws))["type"])
+    assert ["error"] * 5 == errors
+    with contextlib.suppress(ConnectionError):  # the server may close while we still send
+        await ws.send_bytes(b"[" + b" " * (_ingest.MAX_FRAME + 4096) + b"]")
+    message = await ws.receive(timeout=TIMEOUT)
+    if message.type is aiohttp.WSMsgType.CLOSE:
+        assert 1009 == message.data
+    else:
+        assert message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+    async with session.get(f"{handler.url}/api/logs?since=0", headers=AUTH) as response:
+        records = (await response.json())["records"]
+    assert [("hi", 4242)] == [(r["log"], r["pid"]) for r in records]
+    assert 1 == (await stats(session, handler.url))["records_failed"]
+
+
+async def test_emit_never_blocks_when_the_server_stalls(
+    configure: Callable[..., wslogging.WebSocketHandler],
+    session: aiohttp.ClientSession,
+    spawn: Spawn,
+) -> None:
+    """The serving process stopped (SIGSTOP): logging in the forwarding one stays fast, the
+    records that do not fit are dropped and counted, and the count reaches the server's
+    stats once it runs again."""
+    port = free_port()
+    server, role = worker(spawn, port, interval=1.0)
+    assert "serving" == role
+    handler = configure(port=port, queue_size=100)
+    assert handler._forwarder is not None
+    assert handler._forwarder.wait_connected(TIMEOUT)
+    assert server.pid == handler.serving_pid
+    server.send_signal(signal.SIGSTOP)
+    try:
+        longest = 0.0
+        for n in range(20000):
+            began = time.perf_counter()
+            log.info("record %d with some padding %s", n, "x" * 200)
+            longest = max(longest, time.perf_counter() - began)
+    finally:
+        server.send_signal(signal.SIGCONT)
+    assert longest < 0.05
+    dropped = handler.records_dropped
+    assert dropped > 0
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: handler._forwarder is not None and handler._forwarder.connected)
+    log.info("after")
+
+    async def reported() -> int:
+        data = await stats(session, url)
+        return int(data["records_dropped"])
+
+    async with asyncio.timeout(TIMEOUT):
+        while await reported() < dropped:
+            await asyncio.sleep(0.05)

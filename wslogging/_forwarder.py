@@ -208,6 +208,8 @@ class Forwarder:
         try:
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 while True:
+                    if self.state is ForwarderState.CLOSED and not self._unsent():
+                        return  # closing, and nothing (more) to send
                     if self._try_take_over():
                         return
                     try:
@@ -219,16 +221,18 @@ class Forwarder:
                         self.rendezvous = found
                         if await self._session(session, found):
                             delay = FIRST_RETRY
-                            if self._handoff.qsize() == 0 and self.state is ForwarderState.CLOSED:
-                                return  # closing, and all sent
                             continue  # the server went: try the port at once
                     await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311
                     delay = min(delay * 2, MAX_RETRY)
         finally:
-            left = len(self._pending) + self._handoff.qsize()
+            left = self._unsent()
             if left and self.state is not ForwarderState.HANDED_OVER:
                 self._count_drops(left)
                 self._report(f"{left} record(s) could not be forwarded before closing")
+
+    def _unsent(self) -> int:
+        assert self._handoff is not None
+        return len(self._pending) + self._handoff.qsize()
 
     def _try_take_over(self) -> bool:
         """Bind the port if it is free, and serve it; whether this process now does."""
