@@ -11,28 +11,25 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import gunicorn.config
 import pytest
-
-import wslogging
-from wslogging import _ingest, _rendezvous
-from wslogging._rendezvous import RendezvousError
-
 from conftest import (
     AUTH,
     KEY,
     TIMEOUT,
-    async_wait_until,
     connect,
     receive_json,
     wait_until,
 )
+
+import wslogging
+from wslogging import _ingest, _rendezvous
 
 WORKER = str(Path(__file__).with_name("_worker.py"))
 log = logging.getLogger("app")
@@ -282,3 +279,258 @@ async def test_emit_never_blocks_when_the_server_stalls(
     async with asyncio.timeout(TIMEOUT):
         while await reported() < dropped:
             await asyncio.sleep(0.05)
+
+
+async def reconnect(
+    session: aiohttp.ClientSession, url: str, since: str
+) -> aiohttp.ClientWebSocketResponse:
+    """Connect to ``url``'s stream with ``since`` as a client does, retrying while nobody
+    serves; the ``hello`` has been read."""
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            try:
+                ws = await session.ws_connect(f"{url}/ws/logs?since={since}", headers=AUTH)
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.02)
+                continue
+            message = await ws.receive()
+            if message.type is aiohttp.WSMsgType.TEXT:
+                assert "hello" == json.loads(message.data)["type"]
+                return ws
+            await asyncio.sleep(0.02)  # the old server closing: not yet the new one
+
+
+async def last_id_before_close(
+    ws: aiohttp.ClientWebSocketResponse, frames: list[dict[str, Any]]
+) -> str:
+    """Read until the server closes; the last record id seen (in ``frames`` if none since)."""
+    last = [f["id"] for f in frames if f["type"] == "log"][-1]
+    async with asyncio.timeout(TIMEOUT):
+        async for message in ws:
+            if message.type is aiohttp.WSMsgType.TEXT:
+                frame = json.loads(message.data)
+                if frame["type"] == "log":
+                    last = frame["id"]
+    return last
+
+
+async def test_takeover_after_the_serving_process_is_killed(
+    session: aiohttp.ClientSession, spawn: Spawn
+) -> None:
+    """SIGKILL the serving process: another takes the port over within a few seconds, and a
+    client (and ``wslogging tail``) reconnecting with its last id gets ``gap(restart)``,
+    then the survivor's new records."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    first, role = worker(spawn, port)
+    assert "serving" == role
+    second, role = worker(spawn, port)
+    assert "forwarding" == role
+    tail = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "wslogging", "tail", url, "--key", KEY, "--json", "-n", "0"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert tail.stdout is not None
+
+    async def tail_until(done: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
+        seen: list[dict[str, Any]] = []
+        async with asyncio.timeout(TIMEOUT):
+            while not done(seen):
+                seen.append(json.loads(await tail.stdout.readline()))  # type: ignore[union-attr]
+        return seen
+
+    try:
+        ws = await session.ws_connect(f"{url}/ws/logs", headers=AUTH)
+        frames = await logs_until(ws, lambda fs: pids_of(fs) == {first.pid, second.pid})
+        await tail_until(lambda seen: first.pid in pids_of(seen))
+        kill(first)
+        killed = time.monotonic()
+        since = await last_id_before_close(ws, frames)
+        ws = await reconnect(session, url, since)
+        took = time.monotonic() - killed
+        frames = await logs_until(ws, lambda fs: bool(pids_of(fs)))
+        assert {"type": "gap", "missed": None, "reason": "restart"} == frames[0]
+        assert {second.pid} == pids_of(frames)
+        assert took < 3.0
+        assert second.pid == (await stats(session, url))["pid"]
+        await ws.close()
+        # The tail went through the same: a gap, then the survivor's records.
+        seen = await tail_until(
+            lambda seen: any(f["type"] == "gap" for f in seen) and seen[-1]["type"] == "log"
+        )
+        gap = next(i for i, f in enumerate(seen) if f["type"] == "gap")
+        assert "restart" == seen[gap]["reason"]
+        assert all(f["pid"] == second.pid for f in seen[gap + 1 :])
+    finally:
+        tail.kill()
+        await tail.wait()
+
+
+FORKING_APP = """\
+import json, logging, os, sys, time
+from wslogging import WebSocketHandler
+handler = WebSocketHandler(port=int(sys.argv[1]), api_keys="test-key")
+log = logging.getLogger("app")
+log.addHandler(handler)
+log.setLevel(logging.INFO)
+log.info("before the fork")
+child = os.fork()  # as gunicorn --preload does: after the handler exists
+if child == 0:
+    print(json.dumps({"child": os.getpid(), "role": handler.role}), flush=True)
+while True:
+    log.info("tick")
+    time.sleep(0.02)
+"""
+
+
+async def test_forked_child_forwards_and_frees_the_port(
+    session: aiohttp.ClientSession, spawn: Spawn
+) -> None:
+    """A child forked after the handler exists (gunicorn ``--preload``) forwards to its
+    parent; it keeps none of the parent's sockets, so when the parent is killed its clients
+    see the close at once and the child takes the port over."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    parent = spawn("-c", FORKING_APP, str(port))
+    assert parent.stdout is not None
+    started = json.loads(parent.stdout.readline())
+    child = started["child"]
+    try:
+        assert "forwarding" == started["role"]
+        ws = await reconnect(session, url, "0")
+        frames = await logs_until(ws, lambda fs: pids_of(fs) == {parent.pid, child})
+        assert "before the fork" in [f["log"] for f in frames]
+        kill(parent)
+        since = await last_id_before_close(ws, frames)  # a held socket would never close
+        ws = await reconnect(session, url, since)
+        frames = await logs_until(ws, lambda fs: bool(pids_of(fs)))
+        assert "restart" == frames[0]["reason"]
+        assert {child} == pids_of(frames)
+        await ws.close()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+GUNICORN_APP = """\
+import logging, logging.config, os, threading, time
+
+if os.environ.get("CONFIGURE_IN_APP"):
+    logging.config.dictConfig({
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"live": {
+            "class": "wslogging.WebSocketHandler",
+            "port": int(os.environ["LOG_PORT"]),
+            "api_keys": "test-key",
+        }},
+        "loggers": {"app": {"level": "INFO", "handlers": ["live"]}},
+    })
+log = logging.getLogger("app")
+
+
+def ticks():
+    while True:
+        log.info("tick")
+        time.sleep(0.05)
+
+
+threading.Thread(target=ticks, daemon=True).start()
+
+
+def app(environ, start_response):
+    log.info("request %s", environ["PATH_INFO"])
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok\\n"]
+"""
+
+GUNICORN_CONF = """\
+import os
+
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"live": {
+        "class": "wslogging.WebSocketHandler",
+        "port": int(os.environ["LOG_PORT"]),
+        "api_keys": "test-key",
+    }},
+    "loggers": {"app": {"level": "INFO", "handlers": ["live"]}},
+    # gunicorn merges this dict over its own defaults key by key: its root logger names a
+    # handler of its "handlers", replaced above.
+    "root": {"level": "INFO", "handlers": []},
+}
+"""
+
+
+@pytest.fixture
+def run_gunicorn(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen[bytes], str]]]:
+    """Start a real gunicorn with 4 workers serving ``GUNICORN_APP``; stopped gracefully
+    (SIGTERM, as a deployment stops it) at the end of the test."""
+    (tmp_path / "app.py").write_text(GUNICORN_APP)
+    (tmp_path / "conf.py").write_text(GUNICORN_CONF)
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*options: str, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+        port = free_port()
+        command = [sys.executable, "-m", "gunicorn", "-w", "4", "--chdir", str(tmp_path)]
+        command += ["-b", f"127.0.0.1:{free_port()}", *options, "app:app"]
+        if hasattr(gunicorn.config, "ControlSocketDisable"):  # gunicorn 25 on: not in $HOME
+            command.insert(-1, "--no-control-socket")
+        proc = subprocess.Popen(
+            command,
+            env={**os.environ, "LOG_PORT": str(port), **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        started.append(proc)
+        return proc, f"http://127.0.0.1:{port}"
+
+    yield start
+    for proc in started:
+        proc.terminate()
+        try:
+            proc.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def test_gunicorn_workers_configured_in_the_app(
+    session: aiohttp.ClientSession, run_gunicorn: Callable[..., tuple[subprocess.Popen[bytes], str]]
+) -> None:
+    """gunicorn with 4 workers, each configuring logging with dictConfig in the app module:
+    one serves, every worker's records arrive; kill the serving worker and the stream goes
+    on from another one, with a gap."""
+    _, url = run_gunicorn(CONFIGURE_IN_APP="1")
+    ws = await reconnect(session, url, "0")
+    frames = await logs_until(ws, lambda fs: len(pids_of(fs)) == 4)
+    workers = pids_of(frames)
+    serving = (await stats(session, url))["pid"]
+    assert serving in workers
+    os.kill(serving, signal.SIGKILL)
+    since = await last_id_before_close(ws, frames)
+    ws = await reconnect(session, url, since)
+    frames = await logs_until(ws, lambda fs: len(pids_of(fs) - {serving}) >= 3)
+    assert "restart" == frames[0]["reason"]
+    assert serving not in pids_of(frames)
+    assert (await stats(session, url))["pid"] in workers - {serving}
+    await ws.close()
+
+
+async def test_gunicorn_logconfig_dict(
+    session: aiohttp.ClientSession,
+    run_gunicorn: Callable[..., tuple[subprocess.Popen[bytes], str]],
+    tmp_path: Path,
+) -> None:
+    """gunicorn's ``logconfig_dict`` configures logging in the arbiter, which then serves;
+    its forked workers forward, and records of all four arrive."""
+    arbiter, url = run_gunicorn("-c", str(tmp_path / "conf.py"))
+    ws = await reconnect(session, url, "0")
+    frames = await logs_until(ws, lambda fs: len(pids_of(fs)) == 4)
+    assert arbiter.pid not in pids_of(frames)
+    data = await stats(session, url)
+    assert arbiter.pid == data["pid"]
+    assert pids_of(frames) == {f["pid"] for f in data["forwarders"] if f["connected"]}
+    await ws.close()
