@@ -534,3 +534,30 @@ async def test_gunicorn_logconfig_dict(
     assert arbiter.pid == data["pid"]
     assert pids_of(frames) == {f["pid"] for f in data["forwarders"] if f["connected"]}
     await ws.close()
+
+
+def test_rendezvous_dir_open_to_others_is_never_used(
+    configure: Callable[..., wslogging.WebSocketHandler],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a rendezvous directory others can reach, the serving process says so and serves
+    on; a second handler on its port says why it cannot forward, and counts its drops."""
+    bad = tmp_path / "shared"
+    bad.mkdir()
+    bad.chmod(0o755)
+    monkeypatch.setenv(_rendezvous.RUNTIME_DIR_ENV, str(bad))
+    handler = configure()
+    assert handler.serving
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "other processes cannot forward their records to this one" in line
+    assert "is open to other users (mode 755)" in line
+    second = wslogging.WebSocketHandler(port=handler.port, api_keys=KEY)
+    first, last = capsys.readouterr().err.splitlines()
+    assert "cannot forward to the process serving" in first
+    assert "is open to other users" in first
+    assert "(Address already in use); records for this handler will be dropped" in last
+    second.handle(logging.makeLogRecord({"name": "app", "msg": "lost"}))
+    assert ("failed", 1, []) == (second.role, second.records_dropped, list(bad.iterdir()))
+    second.close()

@@ -134,7 +134,8 @@ def _texts(name: str, values: Iterable[object]) -> list[str]:
 def _pid(value: object) -> int:
     """A process id: a positive integer, or its decimal digits."""
     if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        value = int(value.strip()) if len(value.strip()) <= 10 else -1
+        digits = value.strip().lstrip("0") or "0"
+        value = int(digits) if len(digits) <= 10 else -1
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**31:
         raise FilterError(f"pid must be a positive integer, not {str(value)[:40]!r}")
     return value

@@ -130,6 +130,13 @@ def _add_tail(commands: Any) -> None:
         metavar="KEY=VALUE",
         help="a structured field whose text is VALUE (status=500); repeatable",
     )
+    filters.add_argument(
+        "--pid",
+        action="append",
+        default=[],
+        metavar="PID",
+        help="only records of this process (one of several workers); repeatable",
+    )
     start = tail.add_mutually_exclusive_group()
     start.add_argument(
         "--since", metavar="ID", help="replay the records after this id first (0: all history)"
@@ -200,6 +207,7 @@ def _run_tail(args: argparse.Namespace) -> int:
         categories=args.category,
         grep=args.grep,
         fields=args.field,
+        pids=args.pid,
         since=args.since,
         lines=0 if args.since is not None else args.lines,
         json=args.json,

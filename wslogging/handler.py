@@ -259,11 +259,13 @@ class WebSocketHandler(logging.Handler):
         secret = _rendezvous.new_secret()
         server = LogServer(options, lambda: self._dropped, secret)
         # Published before the server starts, for the other forwarders to find it sooner.
-        self._publish(sock.getsockname()[1], options.keys, secret)
+        port: int = sock.getsockname()[1]
+        self._publish(port, options.keys, secret)
         try:
             server.start(sock)
         except Exception as exc:
             sock.close()
+            _rendezvous.remove(options.host, port, secret)
             self._say(f"cannot take over {options.host}:{options.port}: {exc!r}")
             return None
         with self._role_lock:
@@ -274,7 +276,7 @@ class WebSocketHandler(logging.Handler):
                 self.state = HandlerState.SERVING
         if closed:
             server.close(0.0)
-            _rendezvous.remove(options.host, server.port, secret)
+            _rendezvous.remove(options.host, port, secret)
             return None
         before = f" from process {found.pid}" if found is not None else ""
         self._say(f"process {os.getpid()} took over serving {self.url}/{before}")

@@ -856,6 +856,8 @@ class LogServer:
                 )
             )
             frame = await ws.receive(timeout=_ingest.HANDSHAKE_TIMEOUT)
+            if frame.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                return ws  # a forwarder that found our proof wrong (a stale file) goes away
             try:
                 if frame.type is not WSMsgType.TEXT:
                     raise IngestError("expected an 'auth' message")
