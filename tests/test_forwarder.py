@@ -413,20 +413,27 @@ async def test_forked_child_forwards_and_frees_the_port(
             os.kill(child, signal.SIGKILL)
 
 
-GUNICORN_APP = """\
+# The logging configuration of the gunicorn tests, as Python source: the handler on the
+# "app" logger only, so that gunicorn's own records are not counted among the workers'.
+GUNICORN_LOGGING = """{
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"live": {
+        "class": "wslogging.WebSocketHandler",
+        "port": int(os.environ["LOG_PORT"]),
+        "api_keys": "test-key",
+    }},
+    "loggers": {"app": {"level": "INFO", "handlers": ["live"]}},
+    # gunicorn merges logconfig_dict over its own defaults key by key: its root logger names
+    # a handler of its "handlers", replaced above.
+    "root": {"level": "INFO", "handlers": []},
+}"""
+
+GUNICORN_APP = f"""\
 import logging, logging.config, os, threading, time
 
 if os.environ.get("CONFIGURE_IN_APP"):
-    logging.config.dictConfig({
-        "version": 1,
-        "disable_existing_loggers": False,
-        "handlers": {"live": {
-            "class": "wslogging.WebSocketHandler",
-            "port": int(os.environ["LOG_PORT"]),
-            "api_keys": "test-key",
-        }},
-        "loggers": {"app": {"level": "INFO", "handlers": ["live"]}},
-    })
+    logging.config.dictConfig({GUNICORN_LOGGING})
 log = logging.getLogger("app")
 
 
@@ -445,23 +452,7 @@ def app(environ, start_response):
     return [b"ok\\n"]
 """
 
-GUNICORN_CONF = """\
-import os
-
-logconfig_dict = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"live": {
-        "class": "wslogging.WebSocketHandler",
-        "port": int(os.environ["LOG_PORT"]),
-        "api_keys": "test-key",
-    }},
-    "loggers": {"app": {"level": "INFO", "handlers": ["live"]}},
-    # gunicorn merges this dict over its own defaults key by key: its root logger names a
-    # handler of its "handlers", replaced above.
-    "root": {"level": "INFO", "handlers": []},
-}
-"""
+GUNICORN_CONF = f"import os\n\nlogconfig_dict = {GUNICORN_LOGGING}\n"
 
 
 @pytest.fixture

@@ -30,6 +30,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from ._protocol import load_message
+
 INGEST_PATH = "/ws/ingest"
 # Largest batch frame; a forwarder splits larger batches and drops (and counts) a single
 # record larger than this.
@@ -99,12 +101,7 @@ class Auth:
 
 
 def _object(text: str, kind: str) -> dict[str, Any]:
-    if len(text) > MAX_CONTROL:
-        raise IngestError(f"control message over {MAX_CONTROL} bytes")
-    try:
-        message = json.loads(text)
-    except ValueError:
-        raise IngestError("control message is not JSON") from None
+    message = load_message(text, MAX_CONTROL, IngestError)
     if not isinstance(message, dict) or message.get("type") != kind:
         raise IngestError(f"expected a {kind!r} message")
     return message
