@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,11 +98,9 @@ def test_remove_only_if_still_ours(env: dict[str, str]) -> None:
 
 def test_wait_for_ignores_a_dead_process(env: dict[str, str]) -> None:
     """The file of a process that no longer exists (killed outright) is not a server."""
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0)
-    os.waitpid(pid, 0)
-    _rendezvous.write(HOST, PORT, Rendezvous(pid, "s" * 43), env)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # exited and reaped: its pid names no process
+    _rendezvous.write(HOST, PORT, Rendezvous(gone.pid, "s" * 43), env)
     assert _rendezvous.wait_for(HOST, PORT, 0.05, env) is None
     _rendezvous.write(HOST, PORT, Rendezvous(os.getpid(), "s" * 43), env)
     assert os.getpid() == getattr(_rendezvous.wait_for(HOST, PORT, 0.05, env), "pid", None)

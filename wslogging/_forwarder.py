@@ -28,6 +28,7 @@ from .server import (
     ServerOptions,
     base_url,
     bind_socket,
+    holds_logging_lock,
     new_event_loop,
     release_descriptors,
 )
@@ -158,7 +159,9 @@ class Forwarder:
         assert loop is not None
         with contextlib.suppress(RuntimeError):  # the loop is already closed
             loop.call_soon_threadsafe(self._begin_close, timeout)
-        if threading.get_ident() != self.thread_id:
+        # Under logging's module lock (dictConfig replacing its handlers) our thread may be
+        # waiting for that lock to log: delivery then goes on after we return (as a server's).
+        if threading.get_ident() != self.thread_id and not holds_logging_lock():
             self._stopped.wait(timeout + 1.0)
 
     def abandon_after_fork(self) -> None:

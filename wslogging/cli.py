@@ -402,9 +402,12 @@ def _run_demo(args: argparse.Namespace) -> int:
     root = logging.getLogger()
     handler = next(h for h in root.handlers if isinstance(h, WebSocketHandler))
     if not handler.serving:
+        # The demo serves or stops: it never forwards to whatever else serves its port.
+        in_use = handler.role == "forwarding"
         root.removeHandler(handler)
         handler.close()
-        print("wslogging demo: could not start; see the line above", file=sys.stderr)
+        reason = f"port {args.port} is served by another process" if in_use else "see above"
+        print(f"wslogging demo: could not start ({reason}); try --port 0", file=sys.stderr)
         return 1
     print(_watch_text(handler.url, keys[0], args.rate), flush=True)
 

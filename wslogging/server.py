@@ -404,7 +404,7 @@ class LogServer:
         # Under logging's module lock (dictConfig closing the handlers it replaces) the server
         # thread may be waiting for that lock to log, so this thread must not wait for it:
         # delivery then goes on after we return.
-        may_wait = threading.get_ident() != self.thread_id and not _holds_logging_lock()
+        may_wait = threading.get_ident() != self.thread_id and not holds_logging_lock()
         loop = self._loop
         assert loop is not None
         try:
@@ -1154,7 +1154,7 @@ def _wait_for_release(options: ServerOptions) -> bool:
     return bool(closing)
 
 
-def _holds_logging_lock() -> bool:
+def holds_logging_lock() -> bool:
     """Whether this thread holds logging's module lock (an RLock, which knows its owner)."""
     is_owned = getattr(getattr(logging, "_lock", None), "_is_owned", None)
     return bool(is_owned is not None and is_owned())
