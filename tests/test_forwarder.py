@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import gunicorn.config
 import pytest
+import trustme
 from conftest import (
     AUTH,
     KEY,
@@ -30,9 +31,12 @@ from conftest import (
 
 import wslogging
 from wslogging import _ingest, _rendezvous
+from wslogging._filters import Filter
+from wslogging.handler import CLOSE_TIMEOUT
 
 WORKER = str(Path(__file__).with_name("_worker.py"))
 log = logging.getLogger("app")
+SECOND = Filter(loggers=("app.second",))
 
 Spawn = Callable[..., subprocess.Popen[str]]
 
@@ -552,3 +556,45 @@ def test_rendezvous_dir_open_to_others_is_never_used(
     second.handle(logging.makeLogRecord({"name": "app", "msg": "lost"}))
     assert ("failed", 1, []) == (second.role, second.records_dropped, list(bad.iterdir()))
     second.close()
+
+
+def test_forwarder_close_is_bounded_when_the_server_stalls(
+    configure: Callable[..., wslogging.WebSocketHandler], spawn: Spawn
+) -> None:
+    """close() of a forwarder whose server has stopped returns within its bound, and what it
+    could not deliver is counted as dropped."""
+    port = free_port()
+    server, _ = worker(spawn, port, interval=1.0)
+    handler = configure(port=port, queue_size=1000)
+    assert handler._forwarder is not None
+    assert handler._forwarder.wait_connected(TIMEOUT)
+    server.send_signal(signal.SIGSTOP)
+    try:
+        for n in range(20000):
+            log.info("record %d with some padding %s", n, "x" * 200)
+        began = time.monotonic()
+        handler.close()
+        took = time.monotonic() - began
+    finally:
+        server.send_signal(signal.SIGCONT)
+    assert took < CLOSE_TIMEOUT + 1.5
+    assert ("closed", True) == (handler.role, handler.records_dropped > 0)
+
+
+def test_forwarding_over_tls(
+    configure: Callable[..., wslogging.WebSocketHandler], tmp_path: Path
+) -> None:
+    """A server with TLS takes forwarders over TLS (a second handler in this same process
+    here); the secret, not the certificate, tells the forwarder who serves."""
+    certificate = trustme.CA().issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certificate.cert_chain_pems[0].write_to_path(certfile)
+    certificate.private_key_pem.write_to_path(keyfile)
+    tls = {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}
+    handler = configure(**tls)
+    second = wslogging.WebSocketHandler(port=handler.port, api_keys=KEY, **tls)
+    assert ("forwarding", handler.url) == (second.role, second.url)
+    second.handle(logging.makeLogRecord({"name": "app.second", "msg": "via ingest"}))
+    second.close()
+    history = handler._server.hub.history
+    wait_until(lambda: ["via ingest"] == [e.log for e in history.latest(SECOND, 5)])

@@ -200,9 +200,18 @@ class Forwarder:
         assert self._handoff is not None
         assert self._loop is not None
         self._handoff.shutdown()
-        main = self._main
-        if main is not None:
-            self._loop.call_later(timeout, main.cancel)
+        self._loop.call_later(timeout, self._give_up)
+
+    def _give_up(self) -> None:
+        """Stop sending: shut the connection down (a send waiting for a server that takes
+        nothing fails at once, and the socket is closed, not left behind), then stop."""
+        ws = self._ws
+        sock = ws.get_extra_info("socket") if ws is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        if self._main is not None:
+            self._main.cancel()
 
     async def _forward(self) -> None:
         assert self._handoff is not None
