@@ -189,6 +189,12 @@ class Forwarder:
                 loop.run_until_complete(self._main)
         finally:
             try:
+                # What the client left running (a connection attempt cut short by a cancel,
+                # say) ends here, closing its socket, as asyncio.run() does it.
+                left = asyncio.all_tasks(loop)
+                for task in left:
+                    task.cancel()
+                loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
                 loop.run_until_complete(loop.shutdown_asyncgens())
             finally:
                 loop.close()
