@@ -41,6 +41,8 @@ MAX_RETRY = 1.0
 # How long a connection may go without a pong before it is given up (a server stopped with
 # SIGSTOP, say; one that exits closes it at once).
 HEARTBEAT = 5.0
+# How long a stopping forwarder lets its TLS connection finish closing.
+TLS_SHUTDOWN = 0.25
 
 # Called on the forwarder's thread with the socket it has just bound, and the rendezvous last
 # read (``None`` if never): returns the server now serving on it, or ``None`` if the handler
@@ -195,6 +197,10 @@ class Forwarder:
                 for task in left:
                     task.cancel()
                 loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+                if self.options.ssl_certfile:
+                    # A closed TLS connection waits for the server's close_notify before its
+                    # socket is closed: give it that moment (aiohttp's own advice), bounded.
+                    loop.run_until_complete(asyncio.sleep(TLS_SHUTDOWN))
                 loop.run_until_complete(loop.shutdown_asyncgens())
             finally:
                 loop.close()
