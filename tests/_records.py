@@ -34,6 +34,7 @@ def make_entry(
     category: str | None = None,
     fields: dict[str, Any] | None = None,
     exc: str | None = None,
+    pid: int | None = None,
 ) -> LogEntry:
     """A rendered entry, not yet accepted (``id`` 0)."""
     return LogEntry(
@@ -45,5 +46,5 @@ def make_entry(
         created=CREATED,
         fields={} if fields is None else fields,
         exc=exc,
-        pid=4242,
+        pid=4242 if pid is None else pid,
     )

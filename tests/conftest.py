@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import logging.config
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -20,6 +21,21 @@ import wslogging
 TIMEOUT = 10.0
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Rendezvous files (see wslogging._rendezvous) go to a directory of the test run's own,
+    for this process and every process it starts, never to the user's real one."""
+    path = tmp_path_factory.mktemp("runtime")
+    path.chmod(0o700)
+    saved = os.environ.get("WSLOGGING_RUNTIME_DIR")
+    os.environ["WSLOGGING_RUNTIME_DIR"] = str(path)
+    yield
+    if saved is None:
+        del os.environ["WSLOGGING_RUNTIME_DIR"]
+    else:
+        os.environ["WSLOGGING_RUNTIME_DIR"] = saved
 
 
 @pytest.fixture(autouse=True)

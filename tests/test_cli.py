@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import subprocess
 import sys
 
 import aiohttp
 from conftest import TIMEOUT, receive_json
 
+import wslogging
 from wslogging.cli import main
 
 
@@ -52,3 +54,20 @@ async def test_demo_streams_and_stops_cleanly(session: aiohttp.ClientSession) ->
 def test_no_command_is_a_usage_error() -> None:
     """`wslogging` alone prints help and returns 2."""
     assert 2 == main([])
+
+
+def test_demo_on_a_port_another_process_serves(
+    handler: wslogging.WebSocketHandler,
+) -> None:
+    """A demo whose port is served by another wslogging process says so and exits 1: the
+    demo serves, it never forwards."""
+    result = subprocess.run(
+        [sys.executable, "-m", "wslogging", "demo", "--port", str(handler.port), "--key", "k"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert 1 == result.returncode
+    message = f"could not start (port {handler.port} is served by another process); try --port 0"
+    assert message in result.stderr

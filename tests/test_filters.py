@@ -201,12 +201,46 @@ def test_combination_needs_every_part() -> None:
     assert [True, False, False, False, False, False] == actual
 
 
+def test_pid_any_of_several() -> None:
+    """Records of any listed process match; no pid listed matches every process."""
+    flt = Filter(pids=frozenset({10, 11}))
+    pids = [10, 11, 12]
+
+    actual = [flt.matches(make_entry(pid=pid)) for pid in pids]
+
+    assert [True, True, False] == actual
+
+
+def test_query_pid_repeatable() -> None:
+    """``pid`` accumulates, as numbers."""
+    assert frozenset({4, 5}) == filter_from_query([("pid", "4"), ("pid", " 5")]).pids
+
+
+def test_message_pid_as_number_or_list() -> None:
+    """``pid`` in a subscribe filter: one integer or a list."""
+    assert frozenset({7}) == filter_from_message({"pid": 7}).pids
+    assert frozenset({7, 8}) == filter_from_message({"pid": [7, "8"]}).pids
+
+
+@pytest.mark.parametrize("value", ["x", "0", "-3", "99999999999", True, 2.5, None, [1]])
+def test_bad_pid_raises(value: object) -> None:
+    """Anything but a positive integer (or its digits) is refused, naming ``pid``."""
+    with pytest.raises(FilterError, match="pid must be a positive integer"):
+        filter_from_message({"pid": [value]})
+
+
+def test_too_many_pids_raise() -> None:
+    """``pid`` is bounded like the other repeatable terms."""
+    with pytest.raises(FilterError, match="at most"):
+        filter_from_query([("pid", str(n)) for n in range(1, MAX_TERMS + 2)])
+
+
 # -- to_json --------------------------------------------------------------------------------
 
 
 def test_to_json_default() -> None:
     """The default filter as ``hello`` shows it."""
-    expected = {"level": 0, "logger": [], "category": [], "grep": None, "fields": {}}
+    expected = {"level": 0, "logger": [], "category": [], "grep": None, "fields": {}, "pid": []}
 
     assert expected == Filter().to_json()
 
@@ -219,10 +253,11 @@ def test_to_json_full() -> None:
         categories=frozenset({"z", "y"}),
         grep="g",
         fields=(("k", "v"),),
+        pids=frozenset({9, 3}),
     )
 
     expected = {"level": 30, "logger": ["b", "a"], "category": ["y", "z"], "grep": "g"}
-    assert {**expected, "fields": {"k": "v"}} == flt.to_json()
+    assert {**expected, "fields": {"k": "v"}, "pid": [3, 9]} == flt.to_json()
 
 
 # -- filter_from_query ----------------------------------------------------------------------

@@ -625,6 +625,48 @@ def test_backend_handler_serves_nothing(rds: RedisServer, stream: str) -> None:
         handler.set_api_keys("k")
 
 
+def test_backend_handler_in_a_forked_child(rds: RedisServer, stream: str) -> None:
+    """A child forked after the handler exists (gunicorn's --preload) appends its records
+    from a thread of its own, as the parent does (a subprocess, so a hang is a timeout)."""
+    script = f"""
+import faulthandler, json, logging, os
+import wslogging
+faulthandler.dump_traceback_later(20, exit=True)
+handler = wslogging.WebSocketHandler(backend={rds.url!r}, stream={stream!r})
+log = logging.getLogger("app")
+log.addHandler(handler)
+log.setLevel(logging.INFO)
+log.info("parent before")
+children = []
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        ok = handler.role == "appending"
+        for n in range(50):
+            log.info("child %d", n)
+        handler.close()
+        os._exit(0 if ok and handler.records_dropped == 0 else 1)
+    children.append(pid)
+codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+log.info("parent after")
+handler.close()
+print(json.dumps([codes, handler.records_dropped, children]))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert 0 == result.returncode, result.stderr
+    codes, dropped, child_pids = json.loads(result.stdout)
+    assert ([0, 0], 0) == (codes, dropped), result.stderr
+    entries = rds.client.xrange(stream)
+    pids: dict[int, int] = {}
+    for _, fields in entries:
+        pid = json.loads(fields[b"r"])[8]
+        pids[pid] = pids.get(pid, 0) + 1
+    assert {pid: 50 for pid in child_pids} == {p: n for p, n in pids.items() if p in child_pids}
+    assert 2 == sum(n for p, n in pids.items() if p not in child_pids)
+
+
 def test_backend_handler_without_scripts(rds: RedisServer, stream: str) -> None:
     """Where Redis refuses scripts (here an ACL user without them), records are appended
     with plain XADDs instead, none lost."""

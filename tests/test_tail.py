@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import trustme
+from _records import make_entry
 from conftest import KEY, TIMEOUT, async_wait_until
 
 import wslogging
@@ -173,6 +174,17 @@ async def test_filters_apply_and_json_prints_records_as_sent(
     assert await process.finish() == _tail.EXIT_INTERRUPTED
 
 
+async def test_pid_option_keeps_one_process(
+    handler: wslogging.WebSocketHandler, tail: Callable[..., Any]
+) -> None:
+    process = await following(tail, handler.url, "--json", "--pid", "4243", "-n", "0")
+    handler.enqueue(make_entry("from 4242", pid=4242))
+    handler.enqueue(make_entry("from 4243", pid=4243))
+    (line,) = await process.lines_until(lambda line: True)
+    assert ("from 4243", 4243) == (json.loads(line)["log"], json.loads(line)["pid"])
+    assert await process.finish() == _tail.EXIT_INTERRUPTED
+
+
 async def test_survives_a_server_restart_and_shows_the_gap(
     configure: Callable[..., wslogging.WebSocketHandler], tail: Callable[..., Any]
 ) -> None:
@@ -273,6 +285,7 @@ async def test_a_bad_key_on_the_history_request_ends_it_too(
     [
         (["--level", "loud"], "unknown level 'loud'"),
         (["--field", "nokey"], "--field takes KEY=VALUE"),
+        (["--pid", "x"], "pid must be a positive integer"),
         (["ftp://localhost"], "unsupported URL scheme 'ftp'"),
     ],
 )

@@ -57,6 +57,8 @@ class Filter:
     - ``categories``: exact categories; any one matching is enough.
     - ``grep``: substring of the formatted message (``log``), case-sensitive.
     - ``fields``: every pair must equal the record's field in its text form (:func:`field_text`).
+    - ``pids``: the process ids of the records wanted (several worker processes on one port);
+      any one matching is enough.
     """
 
     level: int = 0
@@ -64,6 +66,7 @@ class Filter:
     categories: frozenset[str] = frozenset()
     grep: str | None = None
     fields: tuple[tuple[str, str], ...] = field(default=())
+    pids: frozenset[int] = frozenset()
 
     def matches(self, entry: LogEntry) -> bool:
         """Whether ``entry`` passes every part of this filter."""
@@ -76,6 +79,8 @@ class Filter:
         if self.categories and entry.category not in self.categories:
             return False
         if self.grep is not None and self.grep not in entry.log:
+            return False
+        if self.pids and entry.pid not in self.pids:
             return False
         for key, text in self.fields:
             if key not in entry.fields or field_text(entry.fields[key]) != text:
@@ -91,6 +96,7 @@ class Filter:
             and not self.categories
             and self.grep is None
             and not self.fields
+            and not self.pids
         )
 
     def select(self, entries: Iterable[LogEntry]) -> list[LogEntry]:
@@ -106,6 +112,7 @@ class Filter:
             "category": sorted(self.categories),
             "grep": self.grep,
             "fields": dict(self.fields),
+            "pid": sorted(self.pids),
         }
 
 
@@ -124,6 +131,16 @@ def _texts(name: str, values: Iterable[object]) -> list[str]:
     return out
 
 
+def _pid(value: object) -> int:
+    """A process id: a positive integer, or its decimal digits."""
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        digits = value.strip().lstrip("0") or "0"
+        value = int(digits) if len(digits) <= 10 else -1
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**31:
+        raise FilterError(f"pid must be a positive integer, not {str(value)[:40]!r}")
+    return value
+
+
 def build_filter(
     *,
     level: object = None,
@@ -131,6 +148,7 @@ def build_filter(
     categories: Iterable[object] = (),
     grep: object = None,
     fields: Mapping[Any, object] | None = None,
+    pids: Iterable[object] = (),
 ) -> Filter:
     """Validate each part and build a :class:`Filter`; raises :class:`FilterError`."""
     pairs: list[tuple[str, str]] = []
@@ -147,16 +165,25 @@ def build_filter(
         categories=frozenset(c for c in _texts("category", categories) if c),
         grep=None if grep is None or grep == "" else _text("grep", grep),
         fields=tuple(pairs),
+        pids=frozenset(_pid(p) for p in _terms("pid", pids)),
     )
+
+
+def _terms(name: str, values: Iterable[object]) -> list[object]:
+    out = list(values)
+    if len(out) > MAX_TERMS:
+        raise FilterError(f"at most {MAX_TERMS} {name} values")
+    return out
 
 
 def filter_from_query(query: Iterable[tuple[str, str]]) -> Filter:
     """Build a filter from query parameters (``level``, ``logger``, ``category``, ``grep``,
-    ``field.<key>``). Other parameters are left for their own handlers."""
+    ``field.<key>``, ``pid``). Other parameters are left for their own handlers."""
     level: str | None = None
     grep: str | None = None
     loggers: list[str] = []
     categories: list[str] = []
+    pids: list[str] = []
     fields: dict[object, object] = {}
     for name, value in query:
         if name == "level":
@@ -167,23 +194,26 @@ def filter_from_query(query: Iterable[tuple[str, str]]) -> Filter:
             loggers.append(value)
         elif name == "category":
             categories.append(value)
+        elif name == "pid":
+            pids.append(value)
         elif name.startswith("field."):
             fields[name[len("field.") :]] = value
     return build_filter(
-        level=level, loggers=loggers, categories=categories, grep=grep, fields=fields
+        level=level, loggers=loggers, categories=categories, grep=grep, fields=fields, pids=pids
     )
 
 
 def filter_from_message(spec: object) -> Filter:
     """Build a filter from a ``subscribe`` message's ``filter`` object.
 
-    ``logger`` and ``category`` may be a string or a list of strings.
+    ``logger`` and ``category`` may be a string or a list of strings; ``pid`` an integer or
+    a list of integers.
     """
     if spec is None:
         return Filter()
     if not isinstance(spec, dict):
         raise FilterError("filter must be an object")
-    unknown = set(spec) - {"level", "logger", "category", "grep", "fields"}
+    unknown = set(spec) - {"level", "logger", "category", "grep", "fields", "pid"}
     if unknown:
         raise FilterError(f"unknown filter keys: {', '.join(sorted(map(str, unknown)))}")
 
@@ -200,10 +230,18 @@ def filter_from_message(spec: object) -> Filter:
     fields = spec.get("fields")
     if fields is not None and not isinstance(fields, dict):
         raise FilterError("fields must be an object")
+    pids = spec.get("pid")
+    if pids is None:
+        pids = []
+    elif isinstance(pids, int | str):
+        pids = [pids]
+    elif not isinstance(pids, list):
+        raise FilterError("pid must be an integer or a list of integers")
     return build_filter(
         level=spec.get("level"),
         loggers=listed("logger"),
         categories=listed("category"),
         grep=spec.get("grep"),
         fields=fields,
+        pids=pids,
     )

@@ -4,6 +4,7 @@ the loop only when its consumer is idle."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Generic, TypeVar
 
 import janus
@@ -97,6 +98,15 @@ class Handoff(Generic[T]):
                 continue
             await self._ready.wait()
             self._idle = False
+
+    def drain(self) -> list[T]:
+        """Every item still queued, without waiting (loop side)."""
+        items: list[T] = []
+        get = self._queue.async_q.get_nowait
+        with contextlib.suppress(janus.AsyncQueueEmpty, janus.AsyncQueueShutDown):
+            while True:
+                items.append(get())
+        return items
 
     def shutdown(self) -> None:
         """Refuse further items and let the consumer take what is left (loop side)."""

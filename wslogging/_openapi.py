@@ -55,6 +55,19 @@ _FILTER_PARAMETERS: list[dict[str, Any]] = [
         "schema": {"type": "string", "maxLength": MAX_TEXT},
     },
     {
+        "name": "pid",
+        "in": "query",
+        "description": "Process id of the records wanted (worker processes sharing one "
+        "port). Repeatable; any one matching is enough.",
+        "schema": {
+            "type": "array",
+            "items": {"type": "string", "pattern": "^0*[1-9][0-9]{0,8}$"},
+            "maxItems": MAX_TERMS,
+        },
+        "style": "form",
+        "explode": True,
+    },
+    {
         "name": "since",
         "in": "query",
         "description": "A record id: return only records after it. `0` means everything "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ._filters import Filter, FilterError, filter_from_message
 from ._history import SinceError, parse_id
@@ -39,18 +40,23 @@ class Ack:
 ClientMessage = Ping | Subscribe | Ack
 
 
+def load_message(text: str, limit: int, error: type[ValueError] = ValueError) -> Any:
+    """The JSON value of a message of at most ``limit`` characters; ``error`` otherwise."""
+    if len(text) > limit:
+        raise error(f"message over {limit} bytes")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise error("message is not JSON") from None
+
+
 def parse_client_message(text: str, read_id: Callable[[str], int] = parse_id) -> ClientMessage:
     """The message in ``text``; raises :class:`ProtocolError` saying what is wrong.
 
     ``read_id`` turns an acknowledged id into a position of the server's history (raising
     :class:`SinceError` for one that is no id): the server's own ids are positions already,
     a Redis stream's are not."""
-    if len(text) > MAX_CLIENT_MESSAGE:
-        raise ProtocolError(f"message over {MAX_CLIENT_MESSAGE} bytes")
-    try:
-        message = json.loads(text)
-    except ValueError:
-        raise ProtocolError("message is not JSON") from None
+    message = load_message(text, MAX_CLIENT_MESSAGE, ProtocolError)
     if not isinstance(message, dict):
         raise ProtocolError("message must be a JSON object with a type")
     kind = message.get("type")

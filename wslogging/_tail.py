@@ -125,6 +125,7 @@ class Options:
     categories: Sequence[str] = ()
     grep: str | None = None
     fields: Sequence[str] = ()  # KEY=VALUE
+    pids: Sequence[str] = ()
     since: str | None = None
     lines: int = 0
     json: bool = False
@@ -143,6 +144,7 @@ class Options:
                 categories=self.categories,
                 grep=self.grep,
                 fields=fields,
+                pids=self.pids,
             )
         except FilterError as exc:
             raise TailError(str(exc)) from None
@@ -154,6 +156,7 @@ class Options:
         if self.grep:
             query.append(("grep", self.grep))
         query += [(f"field.{key}", value) for key, value in fields.items()]
+        query += [("pid", pid) for pid in self.pids]
         return query
 
 

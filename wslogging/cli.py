@@ -132,6 +132,13 @@ def _add_tail(commands: Any) -> None:
         metavar="KEY=VALUE",
         help="a structured field whose text is VALUE (status=500); repeatable",
     )
+    filters.add_argument(
+        "--pid",
+        action="append",
+        default=[],
+        metavar="PID",
+        help="only records of this process (one of several workers); repeatable",
+    )
     start = tail.add_mutually_exclusive_group()
     start.add_argument(
         "--since", metavar="ID", help="replay the records after this id first (0: all history)"
@@ -202,6 +209,7 @@ def _run_tail(args: argparse.Namespace) -> int:
         categories=args.category,
         grep=args.grep,
         fields=args.field,
+        pids=args.pid,
         since=args.since,
         lines=0 if args.since is not None else args.lines,
         json=args.json,
@@ -554,9 +562,12 @@ def _run_demo(args: argparse.Namespace) -> int:
     root = logging.getLogger()
     handler = next(h for h in root.handlers if isinstance(h, WebSocketHandler))
     if not handler.serving:
+        # The demo serves or stops: it never forwards to whatever else serves its port.
+        in_use = handler.role == "forwarding"
         root.removeHandler(handler)
         handler.close()
-        print("wslogging demo: could not start; see the line above", file=sys.stderr)
+        reason = f"port {args.port} is served by another process" if in_use else "see above"
+        print(f"wslogging demo: could not start ({reason}); try --port 0", file=sys.stderr)
         return 1
     print(_watch_text(handler.url, keys[0], args.rate), flush=True)
 

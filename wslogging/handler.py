@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import errno
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -12,10 +15,12 @@ import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from . import _auth
+from . import _auth, _rendezvous
 from ._filters import parse_level
+from ._forwarder import Forwarder
 from ._hub import SlowClientPolicy
 from ._redact import RedactingFilter
+from ._rendezvous import Rendezvous, RendezvousError
 from ._wire import LogEntry, default_message, json_safe, render_record
 from .server import LogServer, ServerOptions
 
@@ -27,17 +32,29 @@ CLOSE_TIMEOUT = 2.0
 # Records a thread may log from a signal handler (or __del__) while it is inside a hand-off;
 # they go out right after it. More are dropped and counted.
 REENTRANT_PARKED = 100
+# How long a handler that finds its port in use waits for the process holding it to publish
+# its rendezvous file (it does so right after binding) before it takes the holder for some
+# other program.
+JOIN_WAIT = 1.0
 
 _handlers: weakref.WeakSet[WebSocketHandler] = weakref.WeakSet()
 
 
 class HandlerState(enum.Enum):
-    """``SERVING`` streams; ``FAILED`` (the server could not start) and ``CLOSED`` count every
-    record as dropped and do nothing else."""
+    """``SERVING``: this process serves the port. ``FORWARDING``: another process of this
+    user on this host does, and records are sent to it (see :class:`Forwarder`).
+    ``APPENDING``: ``backend=`` is set, and records are appended to a Redis stream. ``FAILED``
+    (the server could not start) and ``CLOSED`` count every record as dropped and do nothing
+    else."""
 
     SERVING = "serving"
+    FORWARDING = "forwarding"
+    APPENDING = "appending"
     FAILED = "failed"
     CLOSED = "closed"
+
+
+_STREAMING = frozenset({HandlerState.SERVING, HandlerState.FORWARDING, HandlerState.APPENDING})
 
 
 def _bool(name: str, value: object) -> bool:
@@ -165,13 +182,26 @@ class WebSocketHandler(logging.Handler):
         self._drop_lock = threading.RLock()
         self._local = threading.local()
         self._dropped = 0
+        self._options = options
+        self._generated = generated
+        # Taken (briefly, never while waiting for another thread) to change roles: close()
+        # against a takeover on the forwarder's thread.
+        self._role_lock = threading.Lock()
+        self._secret = _rendezvous.new_secret()
+        self._forwarder: Forwarder | None = None
+        self._appender = appender
+        # This process's server: None while it serves nothing (forwarding or appending).
+        self._server: LogServer | None = None
+        # Where records go: the server, the forwarder, or the Redis appender.
+        self._sink: LogServer | Forwarder | StreamAppender
         if appender is not None:
-            self._server: LogServer | StreamAppender = appender
+            self._sink = appender
             appender.start()  # connects in its own thread; an outage is its business
-            self.state = HandlerState.SERVING
+            self.state = HandlerState.APPENDING
             _handlers.add(self)
             return
-        self._server = LogServer(options, lambda: self._dropped)
+        server = LogServer(options, lambda: self._dropped, ingest_secret=self._secret)
+        self._sink = server
         if not _auth.is_loopback_host(options.host) and generated:
             self._say(
                 f"refusing to serve on {options.host}, which is not loopback, without an API key "
@@ -179,18 +209,95 @@ class WebSocketHandler(logging.Handler):
             )
             return
         try:
-            self._server.start()
+            server.start()
         except (OSError, ValueError) as exc:
+            in_use = isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE
+            if in_use and self._join():
+                return
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             self._say(
                 f"cannot serve on {options.host}:{options.port} ({reason}); "
                 "records for this handler will be dropped and counted"
             )
             return
+        self._server = server
+        self._publish(server.port, options.keys, self._secret)
         self.state = HandlerState.SERVING
         _handlers.add(self)
         if generated:
             self._say(f"streaming logs at {self.url}/ with API key {keys[0]}")
+
+    def _join(self) -> bool:
+        """The port is in use: forward to the process serving it, if it is a wslogging
+        server of this user (it has published a rendezvous file); whether it is."""
+        host, port = self._options.host, self._options.port
+        try:
+            found = _rendezvous.wait_for(host, port, JOIN_WAIT)
+        except RendezvousError as exc:
+            self._say(f"cannot forward to the process serving {host}:{port}: {exc}")
+            return False
+        if found is None:
+            return False
+        forwarder = self._new_forwarder(found)
+        self._forwarder = self._sink = forwarder
+        self.state = HandlerState.FORWARDING
+        _handlers.add(self)
+        forwarder.start()
+        self._say(
+            f"{self.url}/ is served by process {found.pid}; "
+            f"process {os.getpid()} forwards its records there"
+        )
+        return True
+
+    def _new_forwarder(self, found: Rendezvous | None) -> Forwarder:
+        forwarder = Forwarder(
+            self._options, lambda: self._dropped, self._count_drops, self._take_over, self._say
+        )
+        forwarder.rendezvous = found
+        return forwarder
+
+    def _publish(self, port: int, keys: tuple[str, ...], secret: str) -> None:
+        """Write the rendezvous file that lets other processes forward to this one's server
+        on ``port``; it names the key too when the key was made up."""
+        api_key = keys[0] if self._generated else None
+        try:
+            _rendezvous.write(self._options.host, port, Rendezvous(os.getpid(), secret, api_key))
+        except OSError as exc:
+            self._say(f"other processes cannot forward their records to this one: {exc}")
+
+    def _take_over(self, sock: socket.socket, found: Rendezvous | None) -> LogServer | None:
+        """Serve on ``sock``, which the forwarder (on its thread) has just bound: the
+        process that served the port has gone. A made-up key stays the one the previous
+        server printed, so clients that have it keep working. ``None`` (and ``sock`` closed)
+        if this handler is closed meanwhile or the server cannot start."""
+        options = self._options
+        if self._generated and found is not None and found.api_key:
+            options = dataclasses.replace(options, keys=(found.api_key,))
+        secret = _rendezvous.new_secret()
+        server = LogServer(options, lambda: self._dropped, ingest_secret=secret)
+        # Published before the server starts, for the other forwarders to find it sooner.
+        port: int = sock.getsockname()[1]
+        self._publish(port, options.keys, secret)
+        try:
+            server.start(sock)
+        except Exception as exc:
+            sock.close()
+            _rendezvous.remove(options.host, port, secret)
+            self._say(f"cannot take over {options.host}:{options.port}: {exc!r}")
+            return None
+        with self._role_lock:
+            closed = self.state is HandlerState.CLOSED
+            if not closed:
+                self._server = self._sink = server
+                self._secret = secret
+                self.state = HandlerState.SERVING
+        if closed:
+            server.close(0.0)
+            _rendezvous.remove(options.host, port, secret)
+            return None
+        before = f" from process {found.pid}" if found is not None else ""
+        self._say(f"process {os.getpid()} took over serving {self.url}/{before}")
+        return server
 
     @staticmethod
     def _say(line: str) -> None:
@@ -200,24 +307,43 @@ class WebSocketHandler(logging.Handler):
 
     @property
     def serving(self) -> bool:
-        """Whether the server is up and records are being streamed (not failed, not closed)."""
+        """Whether this process serves the port and streams (not forwarding, failed or
+        closed)."""
         return self.state is HandlerState.SERVING
 
     @property
+    def role(self) -> str:
+        """``"serving"``, ``"forwarding"`` (to another process serving the port),
+        ``"appending"`` (to a Redis stream, with ``backend=``), ``"failed"`` or ``"closed"``."""
+        return self.state.value
+
+    @property
+    def serving_pid(self) -> int | None:
+        """The pid of the process serving this handler's records: this one while serving;
+        while forwarding, the one the forwarder is connected to (``None`` while it is not)."""
+        if self.state is HandlerState.SERVING:
+            return os.getpid()
+        if self.state is HandlerState.FORWARDING and self._forwarder is not None:
+            return self._forwarder.server_pid
+        return None
+
+    @property
     def port(self) -> int:
-        """The port being served (the chosen one when configured with ``port=0``); 0 with
-        ``backend=`` (nothing is served)."""
-        return self._server.port
+        """The port being served (the chosen one when configured with ``port=0``), by this
+        process or by the one it forwards to; 0 with ``backend=`` (nothing is served)."""
+        return self._sink.port
 
     @property
     def url(self) -> str:
-        """The base URL, as ``http://127.0.0.1:3000`` (no trailing slash); with ``backend=``,
-        the Redis URL, its password masked."""
-        return self._server.url
+        """The base URL, as ``http://127.0.0.1:3000`` (no trailing slash), of this process's
+        server or of the one it forwards to; with ``backend=``, the Redis URL, its password
+        masked."""
+        return self._sink.url
 
     @property
     def records_dropped(self) -> int:
-        """Records that never reached the server: queue full, handler failed or closed."""
+        """Records that never reached a server: queue full, not forwardable, handler failed
+        or closed."""
         return self._dropped
 
     def set_api_keys(self, api_keys: str | Iterable[str]) -> None:
@@ -227,7 +353,15 @@ class WebSocketHandler(logging.Handler):
         closed soon after: WebSockets with 4401, SSE streams ended. Raises ``ValueError`` for
         no keys and ``TypeError`` for keys that are not strings, leaving the keys unchanged.
         """
-        self._server.set_keys(tuple(_auth.parse_keys(api_keys)))
+        keys = tuple(_auth.parse_keys(api_keys))
+        if self._appender is not None:
+            self._appender.set_keys(keys)  # a RuntimeError: nothing is served here
+        with self._role_lock:
+            # A forwarder that takes the port over later serves with these keys.
+            self._options = dataclasses.replace(self._options, keys=keys)
+            server = self._server
+        if server is not None:
+            server.set_keys(keys)
 
     def _count_drop(self) -> None:
         with self._drop_lock:
@@ -264,7 +398,13 @@ class WebSocketHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         """Render and hand off ``record``; every failure goes to ``handleError``."""
         try:
-            if threading.get_ident() == self._server.thread_id or _is_own(record.name):
+            thread = threading.get_ident()
+            forwarder = self._forwarder
+            if (
+                thread == self._sink.thread_id
+                or (forwarder is not None and thread == forwarder.thread_id)
+                or _is_own(record.name)
+            ):
                 return
             self.enqueue(self.prepare(record))
         except Exception:
@@ -284,7 +424,7 @@ class WebSocketHandler(logging.Handler):
         :data:`REENTRANT_PARKED` of them) and sent by the outer call as soon as it is done,
         rather than waiting for a lock its own thread holds.
         """
-        if self.state is not HandlerState.SERVING:
+        if self.state not in _STREAMING:
             self._count_drop()
             return
         local = self._local.__dict__
@@ -297,7 +437,7 @@ class WebSocketHandler(logging.Handler):
             return
         local["busy"] = True
         try:
-            if not self._server.submit(entry):
+            if not self._sink.submit(entry):
                 self._count_drop()
         finally:
             local["busy"] = False
@@ -308,7 +448,7 @@ class WebSocketHandler(logging.Handler):
 
     def _send_parked(self, local: dict[str, Any]) -> None:
         """Send the entries parked by :meth:`enqueue`, in order, as it sends its own."""
-        submit = self._server.submit
+        submit = self._sink.submit
         parked = local["parked"]
         while parked:
             local["busy"] = True
@@ -322,11 +462,19 @@ class WebSocketHandler(logging.Handler):
             # cleared: go round again.
 
     def close(self) -> None:
-        """Deliver what is queued (bounded), close every client, stop serving. Idempotent."""
-        if self.state is HandlerState.SERVING:
-            self.state = HandlerState.CLOSED
+        """Deliver what is queued (bounded), close every client, stop serving (another
+        process forwarding to this one then takes the port over); a forwarder delivers what
+        is queued to the serving process within the same bound. Idempotent."""
+        with self._role_lock:
+            state = self.state
+            if state in _STREAMING:
+                self.state = HandlerState.CLOSED
+            sink, secret = self._sink, self._secret
+        if state in _STREAMING:
             _handlers.discard(self)
-            self._server.close(CLOSE_TIMEOUT)
+            sink.close(CLOSE_TIMEOUT)
+            if state is HandlerState.SERVING:
+                _rendezvous.remove(self._options.host, sink.port, secret)
         super().close()
 
     def broadcast(
@@ -357,7 +505,39 @@ class WebSocketHandler(logging.Handler):
         )
 
     def __repr__(self) -> str:
-        return f"<WebSocketHandler {self.url} ({self.state.value})>"
+        role = self.state.value
+        if self.state is HandlerState.FORWARDING:
+            pid = self.serving_pid
+            role = f"forwarding to pid {pid}" if pid else "forwarding, not connected"
+        return f"<WebSocketHandler {self.url} ({role})>"
+
+    def _forward_after_fork(self) -> None:
+        """In a forked child: let go of what the parent serves or forwards with, and forward
+        to the parent (or whoever serves the port). The forwarder's thread starts with the
+        child's first record: a child that never logs costs nothing."""
+        found: Rendezvous | None = None
+        if self.state is HandlerState.SERVING:
+            server = self._server
+            assert server is not None
+            api_key = server.options.keys[0] if self._generated else None
+            found = Rendezvous(os.getppid(), self._secret, api_key)
+            server.abandon_after_fork()
+            server.thread_id = None
+            self._server = None
+        if self._forwarder is not None:
+            found = found or self._forwarder.rendezvous
+            self._forwarder.abandon_after_fork()
+        self._forwarder = self._sink = self._new_forwarder(found)
+        self.state = HandlerState.FORWARDING
+
+    def _append_after_fork(self) -> None:
+        """In a forked child of a process appending to Redis: the parent's appender thread
+        is not here, so append with a new one of the child's own (gunicorn's ``--preload``)."""
+        old = self._appender
+        assert old is not None
+        appender = _appender(self, old.url_with_password, old.stream, self._options)
+        self._appender = self._sink = appender
+        appender.start()
 
 
 def _appender(
@@ -383,18 +563,20 @@ def _appender(
 
 
 def _after_fork_in_child() -> None:
-    """A forked child has none of its parent's server threads, and may have been forked while
-    a lock of theirs was held: its handlers stop streaming (they count what they drop), and
-    get fresh locks, so that a child's logging call can never wait for a thread it lacks."""
+    """A forked child has none of its parent's threads, and may have been forked while a lock
+    of theirs was held: its handlers get fresh locks, so that a child's logging call can never
+    wait for a thread it lacks, and forward their records to the process serving the port
+    (see :meth:`WebSocketHandler._forward_after_fork`), or, with ``backend=``, append them to
+    Redis from a thread of their own. The child never keeps the parent's
+    listening socket: the port frees when the parent exits, and a child takes it over."""
     for handler in list(_handlers):
         handler._drop_lock = threading.RLock()
         handler._local = threading.local()
-        if handler.state is HandlerState.SERVING:
-            handler.state = HandlerState.FAILED
-            handler._say(
-                f"process {os.getpid()} was forked from the one serving {handler.url}; "
-                "its records are dropped and counted (worker processes are not streamed yet)"
-            )
+        handler._role_lock = threading.Lock()
+        if handler.state is HandlerState.APPENDING:
+            handler._append_after_fork()
+        elif handler.state in _STREAMING:
+            handler._forward_after_fork()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -405,7 +587,7 @@ def _is_own(name: object) -> bool:
 
 
 def _serving() -> list[WebSocketHandler]:
-    handlers = [h for h in list(_handlers) if h.state is HandlerState.SERVING]
+    handlers = [h for h in list(_handlers) if h.state in _STREAMING]
     if not handlers:
         raise RuntimeError(
             "no WebSocketHandler is serving: add one to your logging configuration first"

@@ -7,6 +7,7 @@ queue, see :class:`Handoff`); nothing else crosses between the two sides.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import errno
@@ -30,7 +31,7 @@ from typing import Any, Protocol
 from aiohttp import WSMsgType, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from . import _wire
+from . import _ingest, _wire
 from ._auth import (
     FailureThrottle,
     KeyId,
@@ -43,6 +44,7 @@ from ._filters import Filter, FilterError, filter_from_query
 from ._handoff import Handoff
 from ._history import Gap, Resume, SinceError, parse_id
 from ._hub import Batch, Client, ClientState, Hub, Item, SendPing, SendPong, SlowClientPolicy
+from ._ingest import INGEST_PATH, IngestError
 from ._openapi import openapi_document
 from ._protocol import (
     ClientMessage,
@@ -95,6 +97,10 @@ _KEY_ID: Any = (
 )
 # The close code and reason of a stream whose key was removed (SPEC §3's code for a bad key).
 REVOKED = (4401, "API key revoked")
+# Forwarding processes connected at once, at most; more get HTTP 503.
+MAX_FORWARDERS = 1024
+# Forwarders (connected or gone) whose counts /api/stats lists, the most recent ones.
+FORWARDER_STATS = 256
 
 
 class _HttpLogScrubber(logging.Filter):
@@ -169,6 +175,55 @@ class ServerOptions:
     allow_query_token: bool
     ssl_certfile: str | None
     ssl_keyfile: str | None
+
+
+@dataclass
+class ForwarderStats:
+    """What ``/api/stats`` lists for one forwarding process (by pid)."""
+
+    pid: int
+    connected: bool = True
+    records_received: int = 0
+    # The forwarder's own count: records it could not queue or send.
+    records_dropped: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "connected": self.connected,
+            "records_received": self.records_received,
+            "records_dropped": self.records_dropped,
+        }
+
+
+def base_url(options: ServerOptions, port: int) -> str:
+    """The base URL clients use for a server with ``options`` on ``port`` (no trailing
+    slash); a wildcard address is named by the loopback one."""
+    host = options.host
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 - naming the wildcard, not binding it
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if options.ssl_certfile else "http"
+    return f"{scheme}://{host}:{port}"
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A non-blocking socket listening on ``host:port``; ``OSError`` (``EADDRINUSE`` when
+    another socket listens there) if it cannot be had."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # Lets a restarted app rebind at once past TIME_WAIT; on Linux this still refuses
+        # a port another socket is listening on.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _error(status: int, error: str, detail: str, **headers: str) -> web.Response:
@@ -298,10 +353,19 @@ class LogServer:
         options: ServerOptions,
         dropped: Callable[[], int],
         source: RecordSource | None = None,
+        ingest_secret: str | None = None,
     ) -> None:
-        """Serve records :meth:`submit` hands in, or, with ``source``, the source's records
-        (then :meth:`submit` refuses every record)."""
+        """Serve records :meth:`submit` hands in (and, with ``ingest_secret``, those of
+        forwarding processes), or, with ``source``, the source's records (then :meth:`submit`
+        refuses every record)."""
         self.options = options
+        # Forwarding processes must prove they know it (see _ingest); None: no /ws/ingest.
+        self._ingest_secret = ingest_secret
+        self._forwarders: collections.OrderedDict[int, ForwarderStats] = collections.OrderedDict()
+        self._ingest_sockets: set[web.WebSocketResponse] = set()
+        # Records forwarders sent that the queue had no room for.
+        self.ingest_dropped = 0
+        self._sock: socket.socket | None = None
         self.state = ServerState.NEW
         self._dropped = dropped
         self._keys = KeyRing(options.keys)
@@ -335,26 +399,24 @@ class LogServer:
 
     @property
     def url(self) -> str:
-        host = self.options.host
-        if host in ("", "0.0.0.0", "::"):  # noqa: S104 - naming the wildcard, not binding it
-            host = "127.0.0.1"
-        if ":" in host:
-            host = f"[{host}]"
-        scheme = "https" if self.options.ssl_certfile else "http"
-        return f"{scheme}://{host}:{self.port}"
+        return base_url(self.options, self.port)
 
-    def start(self) -> None:
-        """Bind, then serve from a new daemon thread. Raises ``OSError`` if the port cannot
-        be bound and ``ssl.SSLError`` / ``OSError`` for unusable certificate files."""
+    def start(self, sock: socket.socket | None = None) -> None:
+        """Bind (or take ``sock``, already listening), then serve from a new daemon thread.
+        Raises ``OSError`` if the port cannot be bound and ``ssl.SSLError`` / ``OSError`` for
+        unusable certificate files."""
         if self.state is not ServerState.NEW:
             raise RuntimeError("LogServer.start() may be called once; make a new server")
         ssl_context = self._ssl_context()
-        try:
-            sock = self._bind()
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE or not _wait_for_release(self.options):
-                raise
-            sock = self._bind()  # an earlier server of this process has just let the port go
+        if sock is None:
+            try:
+                sock = bind_socket(self.options.host, self.options.port)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or not _wait_for_release(self.options):
+                    raise
+                # An earlier server of this process has just let the port go.
+                sock = bind_socket(self.options.host, self.options.port)
+        self._sock = sock
         _servers.add(self)
         self.port = sock.getsockname()[1]
         # Made here, on the caller's thread: asyncio logs while making a loop, and in the
@@ -374,22 +436,6 @@ class LogServer:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(self.options.ssl_certfile, self.options.ssl_keyfile)
         return context
-
-    def _bind(self) -> socket.socket:
-        host = self.options.host
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            # Lets a restarted app rebind at once past TIME_WAIT; on Linux this still refuses
-            # a port another socket is listening on.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, self.options.port))
-            sock.listen(128)
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
 
     def submit(self, entry: _wire.LogEntry) -> bool:
         """Hand ``entry`` to the server without waiting (any thread). ``False`` when the
@@ -424,7 +470,7 @@ class LogServer:
         # Under logging's module lock (dictConfig closing the handlers it replaces) the server
         # thread may be waiting for that lock to log, so this thread must not wait for it:
         # delivery then goes on after we return.
-        may_wait = threading.get_ident() != self.thread_id and not _holds_logging_lock()
+        may_wait = threading.get_ident() != self.thread_id and not holds_logging_lock()
         loop = self._loop
         assert loop is not None
         try:
@@ -472,6 +518,8 @@ class LogServer:
         app.router.add_get("/api/get-logs-stream", self._sse)
         app.router.add_get("/ws/logs", self._ws)
         app.router.add_post("/api/ticket", self._ticket)
+        if self._ingest_secret is not None:
+            app.router.add_get(INGEST_PATH, self._ingest)
         # access_log=None: an access line could carry a credential, and must never be streamed;
         # logger=_http_log, for the same reason (see _HttpLogScrubber).
         # handler_cancellation: a client that disconnects ends its handler (and frees its
@@ -557,6 +605,10 @@ class LogServer:
         # The port first: a handler configured anew on it can bind it at once.
         await self._site.stop()
         self._released.set()
+        # Forwarders next, so that one of them takes the port over while we finish.
+        ingest = [asyncio.ensure_future(self._close_ingest(ws)) for ws in self._ingest_sockets]
+        if ingest:
+            await asyncio.wait(ingest, timeout=min(1.0, budget))
         if self._handoff is None:
             self._consumer.cancel()  # a source: what it has accepted is all there is to send
         else:
@@ -603,7 +655,8 @@ class LogServer:
                 "too many failed authentications from this address",
                 **{"Retry-After": str(math.ceil(wait))},
             )
-        if request.path != "/ws/logs":  # which answers a bad key with close code 4401 itself
+        # These answer a bad key (or ingest proof) with close code 4401 themselves.
+        if request.path not in ("/ws/logs", INGEST_PATH):
             problem = self._authenticate(request)
             if problem is not None:
                 return _unauthorized(problem)
@@ -656,7 +709,12 @@ class LogServer:
 
     async def _stats(self, request: web.Request) -> web.Response:
         stats: dict[str, Any] = self.hub.stats()
-        stats["records_dropped"] = self._dropped()
+        forwarders = [f.to_json() for f in self._forwarders.values()]
+        stats["records_dropped"] = (
+            self._dropped() + self.ingest_dropped + sum(f["records_dropped"] for f in forwarders)
+        )
+        stats["pid"] = os.getpid()
+        stats["forwarders"] = forwarders
         stats["queue_size"] = self._handoff.qsize() if self._handoff else 0
         stats["epoch"] = self.hub.epoch
         stats.update(self._source.stats() if self._source else {"backend": "embedded"})
@@ -891,6 +949,132 @@ class LogServer:
                     await source.reached(stored)
         return stored
 
+    # -- forwarding processes (see _ingest) ---------------------------------------------
+
+    async def _ingest(self, request: web.Request) -> web.StreamResponse:
+        """One forwarding process: the handshake, then its batches into the hand-off.
+
+        Untrusting: every frame is bounded (:data:`_ingest.MAX_FRAME`) and checked; a
+        malformed one is answered with an ``error`` frame and changes nothing, and after
+        :data:`_ingest.MAX_ERRORS` of them the connection is closed with 1008. Records that
+        find the queue full are dropped and counted (``records_dropped``); reading never
+        waits for anything but the socket, so a forwarder cannot stall the server.
+        """
+        secret = self._ingest_secret
+        assert secret is not None
+        try:
+            nonce = _ingest.check_nonce(request.query.get("nonce"))
+        except IngestError as exc:
+            return _bad_request(str(exc))
+        if len(self._ingest_sockets) >= MAX_FORWARDERS:
+            return _error(503, "unavailable", "too many forwarding processes")
+        ws = web.WebSocketResponse(
+            autoping=True, compress=False, max_msg_size=_ingest.MAX_FRAME + 1024
+        )
+        stats: ForwarderStats | None = None
+        try:
+            await ws.prepare(request)
+            self._ingest_sockets.add(ws)
+            challenge = _ingest.new_nonce()
+            await ws.send_str(
+                _ingest.challenge_message(
+                    challenge, os.getpid(), _ingest.server_proof(secret, nonce)
+                )
+            )
+            frame = await ws.receive(timeout=_ingest.HANDSHAKE_TIMEOUT)
+            if frame.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                return ws  # a forwarder that found our proof wrong (a stale file) goes away
+            try:
+                if frame.type is not WSMsgType.TEXT:
+                    raise IngestError("expected an 'auth' message")
+                auth = _ingest.parse_auth(frame.data)
+                if not _ingest.proof_matches(
+                    auth.proof, _ingest.forwarder_proof(secret, challenge)
+                ):
+                    raise IngestError("invalid ingest secret")
+            except IngestError as exc:
+                self._throttle.failed(request.remote or "", time.monotonic())
+                await ws.close(code=4401, message=str(exc).encode())
+                return ws
+            stats = self._forwarder_stats(auth.pid)
+            await ws.send_str(_ingest.ACCEPTED)
+            await self._ingest_frames(ws, stats)
+        except (ConnectionError, TimeoutError, RuntimeError):
+            pass  # the forwarder went away, or never finished its handshake
+        finally:
+            self._ingest_sockets.discard(ws)
+            if stats is not None:
+                stats.connected = False
+        return ws
+
+    async def _ingest_frames(self, ws: web.WebSocketResponse, stats: ForwarderStats) -> None:
+        assert self._handoff is not None
+        put = self._handoff.put
+        errors = 0
+        async for frame in ws:
+            try:
+                if frame.type is WSMsgType.BINARY:
+                    entries, bad = _wire.unpack_entries(frame.data)
+                    for entry in entries:
+                        if put(entry):
+                            stats.records_received += 1
+                        else:
+                            self.ingest_dropped += 1
+                    if bad:
+                        self.hub.records_failed += bad  # counted as records_failed
+                        raise IngestError(f"{bad} malformed record(s) skipped")
+                elif frame.type is WSMsgType.TEXT:
+                    stats.records_dropped = _ingest.parse_dropped(frame.data)
+                elif frame.type is WSMsgType.ERROR:
+                    break  # aiohttp has closed it (a frame over the limit, say)
+                else:
+                    raise IngestError("expected a batch (binary) or a 'dropped' message")
+            except (IngestError, ValueError, RecursionError) as exc:
+                errors += 1
+                if errors > _ingest.MAX_ERRORS:
+                    await ws.close(code=1008, message=b"too many malformed frames")
+                    break
+                await ws.send_str(_ingest.error_message(str(exc)[:200]))
+
+    def _forwarder_stats(self, pid: int) -> ForwarderStats:
+        """The stats entry for ``pid``, made anew (a pid reconnecting after a takeover
+        keeps its counts), newest last; only the latest :data:`FORWARDER_STATS` are kept."""
+        stats = self._forwarders.pop(pid, None) or ForwarderStats(pid)
+        stats.connected = True
+        self._forwarders[pid] = stats
+        while len(self._forwarders) > FORWARDER_STATS:
+            self._forwarders.popitem(last=False)
+        return stats
+
+    @staticmethod
+    async def _close_ingest(ws: web.WebSocketResponse) -> None:
+        with contextlib.suppress(Exception):
+            await ws.close(code=1001, message=b"server shutting down")
+
+    def abandon_after_fork(self) -> None:
+        """In a process forked from this one: let go of the sockets inherited from it (the
+        listening one, and every connection), so that the port is freed, and the clients
+        see the close, when the parent goes; and never serve or touch the loop here.
+
+        Each socket's file descriptor is pointed at ``/dev/null`` rather than closed: the
+        socket objects (and the parent's event loop that owns them) stay behind untouched,
+        and a number they may close one day is never one this process has reused. The
+        loop itself is never closed here: its epoll instance is shared with the parent.
+        """
+        self.state = ServerState.CLOSED
+        self._handoff = None
+        descriptors = []
+        if self._sock is not None:
+            descriptors.append(self._sock.fileno())
+        with contextlib.suppress(Exception):
+            server = self._runner.server
+            for connection in server.connections if server else ():
+                transport = connection.transport
+                sock = transport.get_extra_info("socket") if transport is not None else None
+                if sock is not None:
+                    descriptors.append(sock.fileno())
+        release_descriptors(descriptors)
+
     def _hello(self, flt: Filter) -> dict[str, Any]:
         return {
             "type": "hello",
@@ -1017,6 +1201,18 @@ def _writer_now(ws: web.WebSocketResponse, transport: asyncio.Transport) -> Call
     return write_now
 
 
+def release_descriptors(descriptors: list[int]) -> None:
+    """Point each of ``descriptors`` at ``/dev/null`` (see :meth:`LogServer.abandon_after_fork`)."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in descriptors:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """The server's loop: uvloop's when ``WSLOGGING_UVLOOP=1`` is set and uvloop is installed
     (the ``fast`` extra does not install it), else asyncio's own.
@@ -1088,7 +1284,7 @@ def _wait_for_release(options: ServerOptions) -> bool:
     return bool(closing)
 
 
-def _holds_logging_lock() -> bool:
+def holds_logging_lock() -> bool:
     """Whether this thread holds logging's module lock (an RLock, which knows its owner)."""
     is_owned = getattr(getattr(logging, "_lock", None), "_is_owned", None)
     return bool(is_owned is not None and is_owned())

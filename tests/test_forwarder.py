@@ -1,0 +1,600 @@
+"""Several processes on one port: forwarding, its authentication, takeover, fork, gunicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import gunicorn.config
+import pytest
+import trustme
+from conftest import (
+    AUTH,
+    KEY,
+    TIMEOUT,
+    connect,
+    receive_json,
+    wait_until,
+)
+
+import wslogging
+from wslogging import _ingest, _rendezvous
+from wslogging._filters import Filter
+from wslogging.handler import CLOSE_TIMEOUT
+
+WORKER = str(Path(__file__).with_name("_worker.py"))
+log = logging.getLogger("app")
+SECOND = Filter(loggers=("app.second",))
+
+Spawn = Callable[..., subprocess.Popen[str]]
+
+
+def free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawn]:
+    """Start processes (killed at the end of the test, by pid, if still running)."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            **kwargs,
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=TIMEOUT)
+
+
+def worker(spawn: Spawn, port: int, interval: float = 0.02) -> tuple[subprocess.Popen[str], str]:
+    """A ``tests/_worker.py`` process on ``port``, and the role it took."""
+    proc = spawn(WORKER, str(port), str(interval))
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line, proc.communicate(timeout=TIMEOUT)[1]
+    state = json.loads(line)
+    assert proc.pid == state["pid"]
+    return proc, str(state["role"])
+
+
+def kill(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL, and reap it: a zombie still holds nothing, but is still a pid."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=TIMEOUT)
+
+
+async def stats(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    async with session.get(f"{url}/api/stats", headers=AUTH) as response:
+        assert 200 == response.status
+        data: dict[str, Any] = await response.json()
+        return data
+
+
+async def logs_until(
+    ws: aiohttp.ClientWebSocketResponse, done: Callable[[list[dict[str, Any]]], bool]
+) -> list[dict[str, Any]]:
+    """Frames (of every type) until ``done(frames)``; fails after :data:`TIMEOUT`."""
+    frames: list[dict[str, Any]] = []
+    async with asyncio.timeout(TIMEOUT):
+        while not done(frames):
+            frames.append(await receive_json(ws))
+    return frames
+
+
+def pids_of(frames: list[dict[str, Any]]) -> set[int]:
+    return {f["pid"] for f in frames if f["type"] == "log"}
+
+
+async def test_two_processes_share_one_port(
+    configure: Callable[..., wslogging.WebSocketHandler],
+    session: aiohttp.ClientSession,
+    spawn: Spawn,
+) -> None:
+    """A second process on the port forwards: records of both pids arrive, in strictly
+    increasing ids, and a ``pid`` filter keeps one process's records only."""
+    handler = configure()
+    child, role = worker(spawn, handler.port)
+    assert "forwarding" == role
+    ws = await connect(session, handler)
+    only_child = await connect(session, handler, f"?pid={child.pid}")
+    log.info("from the serving process")
+    frames = await logs_until(ws, lambda fs: pids_of(fs) == {os.getpid(), child.pid})
+    ids = [int(f["id"]) for f in frames if f["type"] == "log"]
+    assert sorted(set(ids)) == ids
+    filtered = await logs_until(only_child, lambda fs: len(fs) >= 5)
+    assert {child.pid} == pids_of(filtered)
+    forwarders = (await stats(session, handler.url))["forwarders"]
+    assert [child.pid] == [f["pid"] for f in forwarders if f["connected"]]
+    await ws.close()
+    await only_child.close()
+
+
+async def test_forwarder_closes_cleanly_and_delivers(
+    configure: Callable[..., wslogging.WebSocketHandler],
+    session: aiohttp.ClientSession,
+    spawn: Spawn,
+) -> None:
+    """A forwarding process that exits through logging.shutdown() delivers what it logged,
+    and the server's stats show it as gone, with nothing dropped."""
+    handler = configure()
+    child, _ = worker(spawn, handler.port, interval=0.001)
+    assert child.stdin is not None
+    history = handler._server.hub.history
+    wait_until(lambda: len(history) >= 50)
+    _, err = child.communicate("", timeout=TIMEOUT)
+    assert 0 == child.returncode, err
+    data = await stats(session, handler.url)
+    (entry,) = data["forwarders"]
+    assert (child.pid, False, 0) == (entry["pid"], entry["connected"], entry["records_dropped"])
+    query = f"since=0&limit=10000&pid={child.pid}"
+    async with session.get(f"{handler.url}/api/logs?{query}", headers=AUTH) as response:
+        ticks = [r["log"] for r in (await response.json())["records"]]
+    assert [f"tick {n}" for n in range(len(ticks))] == ticks
+    assert len(ticks) == entry["records_received"]
+
+
+async def ingest(
+    session: aiohttp.ClientSession, url: str, secret: str, *, right: bool = True
+) -> aiohttp.ClientWebSocketResponse:
+    """A hand-made forwarder connection, through the handshake with ``secret`` (``right``:
+    the server's, whose proof of it is checked too)."""
+    nonce = _ingest.new_nonce()
+    ws = await session.ws_connect(f"{url}{_ingest.INGEST_PATH}?nonce={nonce}")
+    challenge = _ingest.parse_challenge((await ws.receive(timeout=TIMEOUT)).data)
+    if right:
+        assert _ingest.proof_matches(challenge.proof, _ingest.server_proof(secret, nonce))
+    proof = _ingest.forwarder_proof(secret, challenge.nonce)
+    await ws.send_str(_ingest.auth_message(4242, proof))
+    return ws
+
+
+def secret_of(handler: wslogging.WebSocketHandler) -> str:
+    found = _rendezvous.read("127.0.0.1", handler.port)
+    assert found is not None
+    return found.secret
+
+
+async def test_wrong_secret_is_refused(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """A forwarder that cannot prove it knows the secret is closed with 4401 and changes
+    nothing: no record, no forwarder in the stats."""
+    ws = await ingest(session, handler.url, "not the secret at all", right=False)
+    message = await ws.receive(timeout=TIMEOUT)
+    assert (aiohttp.WSMsgType.CLOSE, 4401, "invalid ingest secret") == (
+        message.type,
+        message.data,
+        message.extra,
+    )
+    data = await stats(session, handler.url)
+    assert ([], 0) == (data["forwarders"], data["history_size"])
+
+
+async def test_api_key_is_no_ingest_secret(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """The API key lets a client read, not write: as the ingest secret it is refused."""
+    ws = await ingest(session, handler.url, KEY, right=False)
+    assert 4401 == (await ws.receive(timeout=TIMEOUT)).data
+
+
+async def test_ingest_needs_a_nonce(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """No (or a malformed) nonce is a 400 that says what is wrong."""
+    async with session.get(f"{handler.url}{_ingest.INGEST_PATH}?nonce=xyz") as response:
+        assert 400 == response.status
+        assert "nonce must be" in (await response.json())["detail"]
+
+
+async def test_malformed_frames_get_errors_and_change_nothing(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
+) -> None:
+    """Bad batches and control messages are answered with ``error`` and the connection stays;
+    good records next to bad ones still arrive; an oversized frame closes it (1009)."""
+    ws = await ingest(session, handler.url, secret_of(handler))
+    assert "accepted" == (await receive_json(ws))["type"]
+    record = ["hi", 20, "INFO", "app", "app", time.time(), {}, None, 4242]
+    bad_frames: list[str | bytes] = [
+        b"not json",
+        b'{"a": 1}',
+        json.dumps([record, [1, 2]]).encode(),
+        "not json",
+        '{"type": "dropped", "count": -1}',
+    ]
+    errors = []
+    for frame in bad_frames:
+        await (ws.send_bytes(frame) if isinstance(frame, bytes) else ws.send_str(frame))
+        errors.append((await receive_json(ws))["type"])
+    assert ["error"] * 5 == errors
+    with contextlib.suppress(ConnectionError):  # the server may close while we still send
+        await ws.send_bytes(b"[" + b" " * (_ingest.MAX_FRAME + 4096) + b"]")
+    message = await ws.receive(timeout=TIMEOUT)
+    if message.type is aiohttp.WSMsgType.CLOSE:
+        assert 1009 == message.data
+    else:
+        assert message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+    async with session.get(f"{handler.url}/api/logs?since=0", headers=AUTH) as response:
+        records = (await response.json())["records"]
+    assert [("hi", 4242)] == [(r["log"], r["pid"]) for r in records]
+    assert 1 == (await stats(session, handler.url))["records_failed"]
+
+
+async def test_emit_never_blocks_when_the_server_stalls(
+    configure: Callable[..., wslogging.WebSocketHandler],
+    session: aiohttp.ClientSession,
+    spawn: Spawn,
+) -> None:
+    """The serving process stopped (SIGSTOP): logging in the forwarding one stays fast, the
+    records that do not fit are dropped and counted, and the count reaches the server's
+    stats once it runs again."""
+    port = free_port()
+    server, role = worker(spawn, port, interval=1.0)
+    assert "serving" == role
+    handler = configure(port=port, queue_size=100)
+    assert handler._forwarder is not None
+    assert handler._forwarder.wait_connected(TIMEOUT)
+    assert server.pid == handler.serving_pid
+    server.send_signal(signal.SIGSTOP)
+    try:
+        longest = 0.0
+        for n in range(20000):
+            began = time.perf_counter()
+            log.info("record %d with some padding %s", n, "x" * 200)
+            longest = max(longest, time.perf_counter() - began)
+    finally:
+        server.send_signal(signal.SIGCONT)
+    assert longest < 0.05
+    dropped = handler.records_dropped
+    assert dropped > 0
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: handler._forwarder is not None and handler._forwarder.connected)
+    log.info("after")
+
+    async def reported() -> int:
+        data = await stats(session, url)
+        return int(data["records_dropped"])
+
+    async with asyncio.timeout(TIMEOUT):
+        while await reported() < dropped:
+            await asyncio.sleep(0.05)
+
+
+async def reconnect(
+    session: aiohttp.ClientSession, url: str, since: str
+) -> aiohttp.ClientWebSocketResponse:
+    """Connect to ``url``'s stream with ``since`` as a client does, retrying while nobody
+    serves; the ``hello`` has been read."""
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            try:
+                ws = await session.ws_connect(f"{url}/ws/logs?since={since}", headers=AUTH)
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.02)
+                continue
+            message = await ws.receive()
+            if message.type is aiohttp.WSMsgType.TEXT:
+                assert "hello" == json.loads(message.data)["type"]
+                return ws
+            await asyncio.sleep(0.02)  # the old server closing: not yet the new one
+
+
+async def last_id_before_close(
+    ws: aiohttp.ClientWebSocketResponse, frames: list[dict[str, Any]]
+) -> str:
+    """Read until the server closes; the last record id seen (in ``frames`` if none since)."""
+    last = [f["id"] for f in frames if f["type"] == "log"][-1]
+    async with asyncio.timeout(TIMEOUT):
+        async for message in ws:
+            if message.type is aiohttp.WSMsgType.TEXT:
+                frame = json.loads(message.data)
+                if frame["type"] == "log":
+                    last = frame["id"]
+    return last
+
+
+async def test_takeover_after_the_serving_process_is_killed(
+    session: aiohttp.ClientSession, spawn: Spawn
+) -> None:
+    """SIGKILL the serving process: another takes the port over within a few seconds, and a
+    client (and ``wslogging tail``) reconnecting with its last id gets ``gap(restart)``,
+    then the survivor's new records."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    first, role = worker(spawn, port)
+    assert "serving" == role
+    second, role = worker(spawn, port)
+    assert "forwarding" == role
+    tail = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "wslogging", "tail", url, "--key", KEY, "--json", "-n", "0"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert tail.stdout is not None
+
+    async def tail_until(done: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
+        seen: list[dict[str, Any]] = []
+        async with asyncio.timeout(TIMEOUT):
+            while not done(seen):
+                seen.append(json.loads(await tail.stdout.readline()))  # type: ignore[union-attr]
+        return seen
+
+    try:
+        ws = await session.ws_connect(f"{url}/ws/logs", headers=AUTH)
+        frames = await logs_until(ws, lambda fs: pids_of(fs) == {first.pid, second.pid})
+        await tail_until(lambda seen: first.pid in pids_of(seen))
+        kill(first)
+        killed = time.monotonic()
+        since = await last_id_before_close(ws, frames)
+        ws = await reconnect(session, url, since)
+        took = time.monotonic() - killed
+        frames = await logs_until(ws, lambda fs: bool(pids_of(fs)))
+        assert {"type": "gap", "missed": None, "reason": "restart"} == frames[0]
+        assert {second.pid} == pids_of(frames)
+        assert took < 3.0
+        assert second.pid == (await stats(session, url))["pid"]
+        await ws.close()
+        # The tail went through the same: a gap, then the survivor's records.
+        seen = await tail_until(
+            lambda seen: any(f["type"] == "gap" for f in seen) and seen[-1]["type"] == "log"
+        )
+        gap = next(i for i, f in enumerate(seen) if f["type"] == "gap")
+        assert "restart" == seen[gap]["reason"]
+        assert all(f["pid"] == second.pid for f in seen[gap + 1 :])
+    finally:
+        tail.kill()
+        await tail.wait()
+
+
+FORKING_APP = """\
+import json, logging, os, sys, time
+from wslogging import WebSocketHandler
+handler = WebSocketHandler(port=int(sys.argv[1]), api_keys="test-key")
+log = logging.getLogger("app")
+log.addHandler(handler)
+log.setLevel(logging.INFO)
+log.info("before the fork")
+child = os.fork()  # as gunicorn --preload does: after the handler exists
+if child == 0:
+    print(json.dumps({"child": os.getpid(), "role": handler.role}), flush=True)
+while True:
+    log.info("tick")
+    time.sleep(0.02)
+"""
+
+
+async def test_forked_child_forwards_and_frees_the_port(
+    session: aiohttp.ClientSession, spawn: Spawn
+) -> None:
+    """A child forked after the handler exists (gunicorn ``--preload``) forwards to its
+    parent; it keeps none of the parent's sockets, so when the parent is killed its clients
+    see the close at once and the child takes the port over."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    parent = spawn("-c", FORKING_APP, str(port))
+    assert parent.stdout is not None
+    started = json.loads(parent.stdout.readline())
+    child = started["child"]
+    try:
+        assert "forwarding" == started["role"]
+        ws = await reconnect(session, url, "0")
+        frames = await logs_until(ws, lambda fs: pids_of(fs) == {parent.pid, child})
+        assert "before the fork" in [f["log"] for f in frames]
+        kill(parent)
+        since = await last_id_before_close(ws, frames)  # a held socket would never close
+        ws = await reconnect(session, url, since)
+        frames = await logs_until(ws, lambda fs: bool(pids_of(fs)))
+        assert "restart" == frames[0]["reason"]
+        assert {child} == pids_of(frames)
+        await ws.close()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+# The logging configuration of the gunicorn tests, as Python source: the handler on the
+# "app" logger only, so that gunicorn's own records are not counted among the workers'.
+GUNICORN_LOGGING = """{
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"live": {
+        "class": "wslogging.WebSocketHandler",
+        "port": int(os.environ["LOG_PORT"]),
+        "api_keys": "test-key",
+    }},
+    "loggers": {"app": {"level": "INFO", "handlers": ["live"]}},
+    # gunicorn merges logconfig_dict over its own defaults key by key: its root logger names
+    # a handler of its "handlers", replaced above.
+    "root": {"level": "INFO", "handlers": []},
+}"""
+
+GUNICORN_APP = f"""\
+import logging, logging.config, os, threading, time
+
+if os.environ.get("CONFIGURE_IN_APP"):
+    logging.config.dictConfig({GUNICORN_LOGGING})
+log = logging.getLogger("app")
+
+
+def ticks():
+    while True:
+        log.info("tick")
+        time.sleep(0.05)
+
+
+threading.Thread(target=ticks, daemon=True).start()
+
+
+def app(environ, start_response):
+    log.info("request %s", environ["PATH_INFO"])
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok\\n"]
+"""
+
+GUNICORN_CONF = f"import os\n\nlogconfig_dict = {GUNICORN_LOGGING}\n"
+
+
+@pytest.fixture
+def run_gunicorn(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen[bytes], str]]]:
+    """Start a real gunicorn with 4 workers serving ``GUNICORN_APP``; stopped gracefully
+    (SIGTERM, as a deployment stops it) at the end of the test."""
+    (tmp_path / "app.py").write_text(GUNICORN_APP)
+    (tmp_path / "conf.py").write_text(GUNICORN_CONF)
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*options: str, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+        port = free_port()
+        command = [sys.executable, "-m", "gunicorn", "-w", "4", "--chdir", str(tmp_path)]
+        command += ["-b", f"127.0.0.1:{free_port()}", *options, "app:app"]
+        if hasattr(gunicorn.config, "ControlSocketDisable"):  # gunicorn 25 on: not in $HOME
+            command.insert(-1, "--no-control-socket")
+        proc = subprocess.Popen(
+            command,
+            env={**os.environ, "LOG_PORT": str(port), **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        started.append(proc)
+        return proc, f"http://127.0.0.1:{port}"
+
+    yield start
+    for proc in started:
+        proc.terminate()
+        try:
+            proc.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def test_gunicorn_workers_configured_in_the_app(
+    session: aiohttp.ClientSession, run_gunicorn: Callable[..., tuple[subprocess.Popen[bytes], str]]
+) -> None:
+    """gunicorn with 4 workers, each configuring logging with dictConfig in the app module:
+    one serves, every worker's records arrive; kill the serving worker and the stream goes
+    on from another one, with a gap."""
+    _, url = run_gunicorn(CONFIGURE_IN_APP="1")
+    ws = await reconnect(session, url, "0")
+    frames = await logs_until(ws, lambda fs: len(pids_of(fs)) == 4)
+    workers = pids_of(frames)
+    serving = (await stats(session, url))["pid"]
+    assert serving in workers
+    os.kill(serving, signal.SIGKILL)
+    since = await last_id_before_close(ws, frames)
+    ws = await reconnect(session, url, since)
+    frames = await logs_until(ws, lambda fs: len(pids_of(fs) - {serving}) >= 3)
+    assert "restart" == frames[0]["reason"]
+    assert serving not in pids_of(frames)
+    assert (await stats(session, url))["pid"] in workers - {serving}
+    await ws.close()
+
+
+async def test_gunicorn_logconfig_dict(
+    session: aiohttp.ClientSession,
+    run_gunicorn: Callable[..., tuple[subprocess.Popen[bytes], str]],
+    tmp_path: Path,
+) -> None:
+    """gunicorn's ``logconfig_dict`` configures logging in the arbiter, which then serves;
+    its forked workers forward, and records of all four arrive."""
+    arbiter, url = run_gunicorn("-c", str(tmp_path / "conf.py"))
+    ws = await reconnect(session, url, "0")
+    frames = await logs_until(ws, lambda fs: len(pids_of(fs)) == 4)
+    assert arbiter.pid not in pids_of(frames)
+    data = await stats(session, url)
+    assert arbiter.pid == data["pid"]
+    assert pids_of(frames) == {f["pid"] for f in data["forwarders"] if f["connected"]}
+    await ws.close()
+
+
+def test_rendezvous_dir_open_to_others_is_never_used(
+    configure: Callable[..., wslogging.WebSocketHandler],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a rendezvous directory others can reach, the serving process says so and serves
+    on; a second handler on its port says why it cannot forward, and counts its drops."""
+    bad = tmp_path / "shared"
+    bad.mkdir()
+    bad.chmod(0o755)
+    monkeypatch.setenv(_rendezvous.RUNTIME_DIR_ENV, str(bad))
+    handler = configure()
+    assert handler.serving
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "other processes cannot forward their records to this one" in line
+    assert "is open to other users (mode 755)" in line
+    second = wslogging.WebSocketHandler(port=handler.port, api_keys=KEY)
+    first, last = capsys.readouterr().err.splitlines()
+    assert "cannot forward to the process serving" in first
+    assert "is open to other users" in first
+    assert "(Address already in use); records for this handler will be dropped" in last
+    second.handle(logging.makeLogRecord({"name": "app", "msg": "lost"}))
+    assert ("failed", 1, []) == (second.role, second.records_dropped, list(bad.iterdir()))
+    second.close()
+
+
+def test_forwarder_close_is_bounded_when_the_server_stalls(
+    configure: Callable[..., wslogging.WebSocketHandler], spawn: Spawn
+) -> None:
+    """close() of a forwarder whose server has stopped returns within its bound, and what it
+    could not deliver is counted as dropped."""
+    port = free_port()
+    server, _ = worker(spawn, port, interval=1.0)
+    handler = configure(port=port, queue_size=1000)
+    assert handler._forwarder is not None
+    assert handler._forwarder.wait_connected(TIMEOUT)
+    server.send_signal(signal.SIGSTOP)
+    try:
+        for n in range(20000):
+            log.info("record %d with some padding %s", n, "x" * 200)
+        began = time.monotonic()
+        handler.close()
+        took = time.monotonic() - began
+    finally:
+        server.send_signal(signal.SIGCONT)
+    assert took < CLOSE_TIMEOUT + 1.5
+    assert ("closed", True) == (handler.role, handler.records_dropped > 0)
+
+
+def test_forwarding_over_tls(
+    configure: Callable[..., wslogging.WebSocketHandler], tmp_path: Path
+) -> None:
+    """A server with TLS takes forwarders over TLS (a second handler in this same process
+    here); the secret, not the certificate, tells the forwarder who serves."""
+    certificate = trustme.CA().issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certificate.cert_chain_pems[0].write_to_path(certfile)
+    certificate.private_key_pem.write_to_path(keyfile)
+    tls = {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}
+    handler = configure(**tls)
+    second = wslogging.WebSocketHandler(port=handler.port, api_keys=KEY, **tls)
+    assert ("forwarding", handler.url) == (second.role, second.url)
+    second.handle(logging.makeLogRecord({"name": "app.second", "msg": "via ingest"}))
+    second.close()
+    history = handler._server.hub.history
+    wait_until(lambda: ["via ingest"] == [e.log for e in history.latest(SECOND, 5)])

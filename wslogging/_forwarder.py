@@ -1,0 +1,384 @@
+"""A process that does not hold the port sends its records to the one that does, and takes
+the port over when that one goes.
+
+One daemon thread with its own loop, fed by the same bounded hand-off as the server
+(:class:`Handoff`), connected to the serving process's ``/ws/ingest`` over loopback (the
+protocol is in :mod:`wslogging._ingest`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import errno
+import os
+import random
+import socket
+import threading
+from collections.abc import Callable
+
+import aiohttp
+
+from . import _ingest, _rendezvous, _wire
+from ._handoff import Handoff
+from ._rendezvous import Rendezvous, RendezvousError
+from .server import (
+    LogServer,
+    ServerOptions,
+    base_url,
+    bind_socket,
+    holds_logging_lock,
+    new_event_loop,
+    release_descriptors,
+)
+
+# Reconnect delays while the serving process cannot be reached: short, since a takeover is
+# over in milliseconds; doubling up to the cap, with jitter so that workers do not march in
+# step.
+FIRST_RETRY = 0.05
+MAX_RETRY = 1.0
+# How long a connection may go without a pong before it is given up (a server stopped with
+# SIGSTOP, say; one that exits closes it at once).
+HEARTBEAT = 5.0
+# How long a stopping forwarder lets its TLS connection finish closing.
+TLS_SHUTDOWN = 0.25
+
+# Called on the forwarder's thread with the socket it has just bound, and the rendezvous last
+# read (``None`` if never): returns the server now serving on it, or ``None`` if the handler
+# is closed meanwhile (the socket is then closed).
+TakeOver = Callable[[socket.socket, Rendezvous | None], LogServer | None]
+
+
+class ForwarderState(enum.Enum):
+    """``NEW`` until the first record (or :meth:`Forwarder.start`); ``RUNNING`` while it
+    forwards; ``HANDED_OVER`` once this process serves the port itself; ``CLOSED``."""
+
+    NEW = "new"
+    RUNNING = "running"
+    HANDED_OVER = "handed_over"
+    CLOSED = "closed"
+
+
+class Forwarder:
+    """Sends this process's records to the process serving ``options.host:port``.
+
+    App side, :meth:`submit`: never blocks (one bounded hand-off of ``queue_size`` records);
+    ``False`` when the queue is full or the forwarder is closed, and the caller counts the
+    drop. A forwarder made after a fork starts its thread on its first record.
+
+    Its thread: reads the rendezvous file, connects, proves it knows the secret and has the
+    server prove it too, then sends batches (at most :data:`_ingest.MAX_BATCH` records and
+    :data:`_ingest.MAX_FRAME` bytes each; a single record larger than that is dropped and
+    counted) and its drop count. While the connection is down, records wait in the queue
+    (up to its bound). Whenever the connection is down it tries to bind the port first: the
+    one that binds it calls ``take_over`` and becomes the server, moving the records still
+    queued here (and the batch whose send failed) into it; the others connect to it.
+
+    Records already written to a connection that then breaks may be lost with the process
+    that was serving, as its own queue and history are.
+    """
+
+    def __init__(
+        self,
+        options: ServerOptions,
+        dropped: Callable[[], int],
+        count_drops: Callable[[int], None],
+        take_over: TakeOver,
+        say: Callable[[str], None],
+    ) -> None:
+        self.options = options
+        self.port = options.port
+        self.state = ForwarderState.NEW
+        self.thread_id: int | None = None
+        # The pid of the process served by, once connected (None while not connected).
+        self.server_pid: int | None = None
+        self.rendezvous: Rendezvous | None = None
+        self.successor: LogServer | None = None
+        self._dropped = dropped
+        self._count_drops = count_drops
+        self._take_over = take_over
+        self._say = say
+        self._start_lock = threading.RLock()
+        self._handoff: Handoff[_wire.LogEntry] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._pending: list[_wire.LogEntry] = []
+        self._stopped = threading.Event()
+        self._connected = threading.Event()
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._problem = ""
+
+    @property
+    def url(self) -> str:
+        return base_url(self.options, self.port)
+
+    @property
+    def connected(self) -> bool:
+        """Whether records are being sent to the serving process right now."""
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait (bounded) until connected; whether it is."""
+        return self._connected.wait(timeout)
+
+    # -- app side -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the thread (once; any thread). Idempotent."""
+        with self._start_lock:
+            if self.state is not ForwarderState.NEW:
+                return
+            # Made here, on the caller's thread, as LogServer.start does (see there).
+            self._loop = new_event_loop()
+            self._handoff = Handoff(self.options.queue_size, self._loop)
+            self.state = ForwarderState.RUNNING
+            threading.Thread(target=self._run, name="wslogging-forwarder", daemon=True).start()
+
+    def submit(self, entry: _wire.LogEntry) -> bool:
+        """Queue ``entry`` without waiting (any thread); ``False`` when full or closed."""
+        handoff = self._handoff
+        if handoff is None:
+            if self.state is not ForwarderState.NEW:
+                return False
+            self.start()
+            handoff = self._handoff
+            assert handoff is not None
+        if handoff.put(entry):
+            return True
+        # Handed over while this record was on its way: the new server takes it.
+        successor = self.successor
+        return successor is not None and successor.submit(entry)
+
+    def close(self, timeout: float) -> None:
+        """Send what is queued, within about ``timeout`` seconds, then stop. Idempotent;
+        what could not be sent is counted as dropped."""
+        with self._start_lock:
+            state, self.state = self.state, ForwarderState.CLOSED
+        if state is not ForwarderState.RUNNING:
+            return
+        loop = self._loop
+        assert loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            loop.call_soon_threadsafe(self._begin_close, timeout)
+        # Under logging's module lock (dictConfig replacing its handlers) our thread may be
+        # waiting for that lock to log: delivery then goes on after we return (as a server's).
+        if threading.get_ident() != self.thread_id and not holds_logging_lock():
+            self._stopped.wait(timeout + 1.0)
+
+    def abandon_after_fork(self) -> None:
+        """In a process forked from this one: never use the parent's thread, loop or
+        connection (whose socket is pointed at ``/dev/null``, see
+        :func:`wslogging.server.release_descriptors`)."""
+        self.state = ForwarderState.CLOSED
+        self._handoff = None
+        ws = self._ws
+        with contextlib.suppress(Exception):
+            sock = ws.get_extra_info("socket") if ws is not None else None
+            if sock is not None:
+                release_descriptors([sock.fileno()])
+
+    # -- forwarder thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        self.thread_id = threading.get_ident()
+        loop = self._loop
+        assert loop is not None
+        asyncio.set_event_loop(loop)
+        try:
+            self._main = loop.create_task(self._forward())
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(self._main)
+        finally:
+            try:
+                # What the client left running (a connection attempt cut short by a cancel,
+                # say) ends here, closing its socket, as asyncio.run() does it.
+                left = asyncio.all_tasks(loop)
+                for task in left:
+                    task.cancel()
+                loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+                if self.options.ssl_certfile:
+                    # A closed TLS connection waits for the server's close_notify before its
+                    # socket is closed: give it that moment (aiohttp's own advice), bounded.
+                    loop.run_until_complete(asyncio.sleep(TLS_SHUTDOWN))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+                self._connected.clear()
+                self._stopped.set()
+
+    def _begin_close(self, timeout: float) -> None:
+        """Stop taking records, send what is left, and give up after ``timeout``."""
+        assert self._handoff is not None
+        assert self._loop is not None
+        self._handoff.shutdown()
+        self._loop.call_later(timeout, self._give_up)
+
+    def _give_up(self) -> None:
+        """Stop sending: shut the connection down (a send waiting for a server that takes
+        nothing fails at once, and the socket is closed, not left behind), then stop."""
+        ws = self._ws
+        sock = ws.get_extra_info("socket") if ws is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        if self._main is not None:
+            self._main.cancel()
+
+    async def _forward(self) -> None:
+        assert self._handoff is not None
+        delay = FIRST_RETRY
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=_ingest.HANDSHAKE_TIMEOUT)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                while True:
+                    if self.state is ForwarderState.CLOSED and not self._unsent():
+                        return  # closing, and nothing (more) to send
+                    if self._try_take_over():
+                        return
+                    try:
+                        found = _rendezvous.read(self.options.host, self.port)
+                    except RendezvousError as exc:
+                        self._report(f"cannot find the serving process: {exc}")
+                        found = None
+                    if found is not None:
+                        self.rendezvous = found
+                        if await self._session(session, found):
+                            delay = FIRST_RETRY
+                            continue  # the server went: try the port at once
+                    await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311
+                    delay = min(delay * 2, MAX_RETRY)
+        finally:
+            left = self._unsent()
+            if left and self.state is not ForwarderState.HANDED_OVER:
+                self._count_drops(left)
+                self._report(f"{left} record(s) could not be forwarded before closing")
+
+    def _unsent(self) -> int:
+        assert self._handoff is not None
+        return len(self._pending) + self._handoff.qsize()
+
+    def _try_take_over(self) -> bool:
+        """Bind the port if it is free, and serve it; whether this process now does."""
+        if self.state is ForwarderState.CLOSED:
+            return False  # closing: deliver or give up, never start serving
+        try:
+            sock = bind_socket(self.options.host, self.port)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                self._report(f"cannot bind {self.options.host}:{self.port}: {exc.strerror}")
+            return False
+        server = self._take_over(sock, self.rendezvous)
+        if server is None:
+            return False
+        assert self._handoff is not None
+        # Records logged from now on go to the server; what is queued here follows them in
+        # (see submit): none is lost.
+        self.successor = server
+        self.state = ForwarderState.HANDED_OVER
+        self._handoff.shutdown()
+        for entry in self._pending + self._handoff.drain():
+            if not server.submit(entry):
+                self._count_drops(1)
+        self._pending = []
+        return True
+
+    async def _session(self, session: aiohttp.ClientSession, found: Rendezvous) -> bool:
+        """Connect, authenticate and send until the connection ends; whether it was
+        accepted (and so is worth retrying at once)."""
+        nonce = _ingest.new_nonce()
+        scheme = "wss" if self.options.ssl_certfile else "ws"
+        host = self.url.split("://", 1)[1]
+        url = f"{scheme}://{host}{_ingest.INGEST_PATH}?nonce={nonce}"
+        try:
+            # The certificate is not checked: the peer proves itself with the secret instead.
+            async with session.ws_connect(
+                url,
+                ssl=False,
+                heartbeat=HEARTBEAT,
+                compress=0,
+                max_msg_size=_ingest.MAX_CONTROL * 4,
+            ) as ws:
+                challenge = _ingest.parse_challenge(await self._text(ws))
+                if not _ingest.proof_matches(
+                    challenge.proof, _ingest.server_proof(found.secret, nonce)
+                ):
+                    raise _ingest.IngestError(
+                        "the process holding the port could not prove it knows the secret"
+                    )
+                proof = _ingest.forwarder_proof(found.secret, challenge.nonce)
+                await ws.send_str(_ingest.auth_message(os.getpid(), proof))
+                if await self._text(ws) != _ingest.ACCEPTED:
+                    raise _ingest.IngestError("not accepted")
+                self._ws = ws
+                self.server_pid = challenge.pid
+                self._connected.set()
+                self._problem = ""
+                try:
+                    await self._pump(ws)
+                finally:
+                    self._connected.clear()
+                    self.server_pid = None
+                    self._ws = None
+                return True
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            self._report(f"cannot forward to {self.url}: {exc or type(exc).__name__}")
+            return False
+
+    @staticmethod
+    async def _text(ws: aiohttp.ClientWebSocketResponse) -> str:
+        message = await ws.receive(timeout=_ingest.HANDSHAKE_TIMEOUT)
+        if message.type is not aiohttp.WSMsgType.TEXT:
+            reason = message.extra or message.type.name
+            raise _ingest.IngestError(f"refused ({ws.close_code}: {reason})")
+        return str(message.data)
+
+    async def _pump(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Send batches until the queue is shut and empty or the connection ends."""
+        assert self._handoff is not None
+        reader = asyncio.ensure_future(self._read(ws))
+        reported = -1
+        try:
+            while True:
+                if not self._pending:
+                    getter = asyncio.ensure_future(self._handoff.get_batch(_ingest.MAX_BATCH))
+                    await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                    if not getter.done():
+                        getter.cancel()  # it holds no records while it waits
+                        return
+                    self._pending = getter.result()
+                    if not self._pending:
+                        await ws.close()  # closing, and everything is sent
+                        return
+                dropped = self._dropped()
+                if dropped != reported:
+                    await ws.send_str(_ingest.dropped_message(dropped))
+                    reported = dropped
+                for frame in self._frames(self._pending):
+                    await ws.send_bytes(frame)
+                self._pending = []
+        finally:
+            reader.cancel()
+
+    def _frames(self, entries: list[_wire.LogEntry]) -> list[bytes]:
+        """``entries`` packed in frames of at most :data:`_ingest.MAX_FRAME` bytes."""
+        data = _wire.pack_entries(entries)
+        if len(data) <= _ingest.MAX_FRAME:
+            return [data]
+        if len(entries) == 1:
+            self._count_drops(1)
+            return []
+        half = len(entries) // 2
+        return self._frames(entries[:half]) + self._frames(entries[half:])
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Read until the connection ends; the server's ``error`` frames go to stderr."""
+        async for message in ws:
+            if message.type is aiohttp.WSMsgType.TEXT:
+                self._report(f"the serving process says: {str(message.data)[:300]}")
+
+    def _report(self, line: str) -> None:
+        """Say ``line`` on stderr, once until the next connection succeeds."""
+        if line != self._problem:
+            self._problem = line
+            self._say(line)
