@@ -598,3 +598,130 @@ def test_forwarding_over_tls(
     second.close()
     history = handler._server.hub.history
     wait_until(lambda: ["via ingest"] == [e.log for e in history.latest(SECOND, 5)])
+
+
+async def test_bad_keys_and_proofs_never_lock_forwarders_out(
+    handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession, spawn: Spawn
+) -> None:
+    """Failed logins from 127.0.0.1 (a stale key in a local script, wrong ingest proofs) get
+    that address throttled for clients, never for /ws/ingest: forwarders share the address,
+    and an HMAC proof cannot be guessed anyway."""
+    for _ in range(35):
+        async with session.get(f"{handler.url}/api/stats", headers={"Authorization": "Bearer x"}):
+            pass
+    for _ in range(35):
+        ws = await ingest(session, handler.url, "not the secret at all", right=False)
+        assert 4401 == (await ws.receive(timeout=TIMEOUT)).data
+    async with session.get(f"{handler.url}/api/stats", headers=AUTH) as response:
+        assert 429 == response.status  # clients from this address are throttled
+    proc, role = worker(spawn, handler.port)
+    assert "forwarding" == role
+    history = handler._server.hub.history
+    await asyncio.to_thread(
+        wait_until, lambda: any(e.pid == proc.pid for e in history.latest(Filter(), 50))
+    )
+
+
+async def test_unproven_handshakes_hold_no_forwarder_place(
+    handler: wslogging.WebSocketHandler,
+    session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Handshakes that never prove anything do not take the places of forwarders (anyone
+    who reaches the port can start one)."""
+    monkeypatch.setattr(wslogging.server, "MAX_FORWARDERS", 2)
+    idle = []
+    for _ in range(4):
+        nonce = _ingest.new_nonce()
+        idle.append(await session.ws_connect(f"{handler.url}{_ingest.INGEST_PATH}?nonce={nonce}"))
+    ws = await ingest(session, handler.url, secret_of(handler))
+    assert _ingest.ACCEPTED == (await ws.receive(timeout=TIMEOUT)).data
+    for sock in idle:
+        await sock.close()
+
+
+FORK_PORT_0 = """
+import json, logging, os, sys, time
+from wslogging import WebSocketHandler
+handler = WebSocketHandler(port=0, api_keys="k", queue_size=1)
+log = logging.getLogger("app")
+log.addHandler(handler)
+log.setLevel(logging.INFO)
+for n in range(2000):  # some of these find the queue full: the parent's drops
+    log.info("burst %d", n)
+while handler._server.hub.stats()["records_accepted"] + handler.records_dropped < 2000:
+    time.sleep(0.01)
+parent_dropped = handler.records_dropped
+pid = os.fork()
+if pid == 0:
+    log.info("from the child")
+    handler.close()
+    os._exit(0 if handler.role == "closed" and handler.records_dropped == 0 else 1)
+code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+history = handler._server.hub.history
+deadline = time.monotonic() + 10
+while not any(e.pid == pid for e in history.latest(Filter(), 10)) and time.monotonic() < deadline:
+    time.sleep(0.01)
+import urllib.request
+request = urllib.request.Request(handler.url + "/api/stats", headers={"Authorization": "Bearer k"})
+stats = json.load(urllib.request.urlopen(request))
+print(json.dumps({
+    "code": code,
+    "child_record": [e.log for e in history.latest(Filter(), 10) if e.pid == pid],
+    "parent_dropped": parent_dropped,
+    "stats_dropped": stats["records_dropped"],
+    "serving_port": handler.port,
+}))
+handler.close()
+"""
+
+
+def test_forked_child_of_a_port_0_server_forwards_to_it() -> None:
+    """A child forked from a server on port=0 forwards to the port its parent serves (not
+    to a port of its own), and does not report its parent's drops as its own."""
+    script = FORK_PORT_0.replace(
+        "from wslogging import WebSocketHandler",
+        "from wslogging import WebSocketHandler\nfrom wslogging._filters import Filter",
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, ""],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert 0 == result.returncode, result.stderr
+    got = json.loads(result.stdout)
+    assert 0 < got["parent_dropped"]
+    assert (0, ["from the child"], got["parent_dropped"]) == (
+        got["code"],
+        got["child_record"],
+        got["stats_dropped"],
+    ), result.stderr
+
+
+async def test_keys_set_on_a_forwarder_are_served_after_it_takes_over(
+    spawn: Spawn, session: aiohttp.ClientSession
+) -> None:
+    """A forwarder whose keys were replaced (set_api_keys) serves with them once it takes
+    the port over, even where both had made their keys up: never with the old made-up key."""
+    port = free_port()
+    first = spawn(
+        "-c",
+        f"import sys\nfrom wslogging import WebSocketHandler\n"
+        f"h = WebSocketHandler(port={port}, api_key_env=None)\nsys.stdin.read()",
+    )
+    assert first.stderr is not None
+    made_up = first.stderr.readline().rsplit(" ", 1)[1].strip()
+    handler = wslogging.WebSocketHandler(port=port, api_key_env=None)
+    try:
+        assert "forwarding" == handler.role
+        handler.set_api_keys(["rotated-key"])
+        kill(first)
+        await asyncio.to_thread(wait_until, lambda: handler.role == "serving")
+        for key, status in (("rotated-key", 200), (made_up, 401)):
+            headers = {"Authorization": f"Bearer {key}"}
+            async with session.get(f"{handler.url}/api/stats", headers=headers) as response:
+                assert status == response.status, key
+    finally:
+        handler.close()

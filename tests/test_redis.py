@@ -702,6 +702,9 @@ def test_backend_handler_redis_unreachable(capfd: pytest.CaptureFixture[str]) ->
         ("rediss://user:p%40ss@h:1/2", "rediss://user:***@h:1/2"),
         ("redis://h/0?password=pw&db=1", "redis://h/0?password=%2A%2A%2A&db=1"),
         ("unix:///run/redis.sock?db=1", "unix:///run/redis.sock?db=1"),
+        # An unescaped "/" or "#" in the password ends the authority for urlsplit.
+        ("redis://:s3cr/et@h:6379/0", "redis://:***@h:6379/0"),
+        ("redis://u:a#b?c@h/0", "redis://u:***@h/0"),
     ],
 )
 def test_mask_url(url: str, shown: str) -> None:
@@ -709,3 +712,29 @@ def test_mask_url(url: str, shown: str) -> None:
     from wslogging._redis import mask_url
 
     assert shown == mask_url(url)
+
+
+def test_a_bad_url_never_shows_its_password() -> None:
+    """A URL that is not one (here a password with an unescaped "/") is refused without
+    quoting the password, neither masked nor in redis-py's own words."""
+    with pytest.raises(ValueError, match="not a Redis URL") as caught:
+        wslogging.WebSocketHandler(backend="redis://:s3cr/et+pw@redis.internal:6379/0")
+    assert "s3cr" not in str(caught.value)
+    assert "et+pw" not in str(caught.value)
+
+
+def test_close_under_the_logging_lock_does_not_wait(rds: RedisServer, stream: str) -> None:
+    """close() while holding logging's module lock (as dictConfig does when it replaces the
+    handler) returns at once: the appender's thread may be waiting for that lock (redis-py
+    looks up a logger when it connects); the record queued is still appended afterwards."""
+    handler = configure_backend(rds.url, stream)
+    logging.getLogger("app.backend").warning("before the reconfiguration")
+    logging._acquireLock()  # type: ignore[attr-defined]
+    try:
+        began = time.monotonic()
+        handler.close()
+        took = time.monotonic() - began
+    finally:
+        logging._releaseLock()  # type: ignore[attr-defined]
+    assert took < 1.0
+    wait_until(lambda: rds.client.xlen(stream) == 1)

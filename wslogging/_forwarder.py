@@ -322,7 +322,14 @@ class Forwarder:
                     self._ws = None
                 return True
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-            self._report(f"cannot forward to {self.url}: {exc or type(exc).__name__}")
+            # Not str(exc) for a refused handshake: it quotes the URL, whose nonce is new on
+            # every try, and _report would then say it again on every retry.
+            reason = (
+                f"HTTP {exc.status}"
+                if isinstance(exc, aiohttp.WSServerHandshakeError)
+                else str(exc) or type(exc).__name__
+            )
+            self._report(f"cannot forward to {self.url}: {reason}")
             return False
 
     @staticmethod

@@ -40,6 +40,7 @@ from ._streamids import (
     stream_value,
 )
 from ._wire import LogEntry
+from .server import holds_logging_lock
 
 if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
@@ -75,19 +76,25 @@ def check_url(url: str) -> None:
     try:
         parse_url(url)
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"not a Redis URL: {mask_url(url)} ({exc})") from None
+        # redis-py's text may quote a piece of the URL: a password with an unescaped "/",
+        # "?" or "#" is read as a port ("Port could not be cast to integer value as 's3cr'").
+        detail = str(exc) if "scheme" in str(exc) else "escape special characters as %XX"
+        raise ValueError(f"not a Redis URL: {mask_url(url)} ({detail})") from None
 
 
 def mask_url(url: str) -> str:
     """``url`` with its password (in the user part or a ``password=`` parameter) replaced by
     ``***``: what messages and ``/api/stats`` show."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        # The user part ends at the last "@", even where an unescaped "/", "?" or "#" in
+        # the password would end the authority for urlsplit (and so hide it from it).
+        userinfo, _, after = rest.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        url = f"{scheme}://{user}:***@{after}" if colon else f"{scheme}://***@{after}"
     try:
         parts = urlsplit(url)
         netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, hostport = netloc.rpartition("@")
-            user, colon, _password = userinfo.partition(":")
-            netloc = f"{user}:***@{hostport}" if colon else f"***@{hostport}"
         query = parts.query
         pairs = parse_qsl(query, keep_blank_values=True)
         if any(k == "password" for k, _ in pairs):
@@ -233,7 +240,9 @@ class StreamAppender:
             loop.call_soon_threadsafe(self._begin_close, timeout)
         except RuntimeError:  # the loop is closed already
             return
-        if threading.get_ident() != self.thread_id:
+        # Under logging's module lock (dictConfig replacing this handler) our thread may be
+        # waiting for that lock (redis-py calls logging.getLogger on connect): do not wait.
+        if threading.get_ident() != self.thread_id and not holds_logging_lock():
             self._stopped.wait(timeout + 1.0)
 
     def _begin_close(self, timeout: float) -> None:

@@ -221,6 +221,8 @@ class WebSocketHandler(logging.Handler):
             )
             return
         self._server = server
+        # With port=0: the port chosen, which a forked child forwards to (and takes over).
+        self._options = dataclasses.replace(options, port=server.port)
         self._publish(server.port, options.keys, self._secret)
         self.state = HandlerState.SERVING
         _handlers.add(self)
@@ -291,6 +293,11 @@ class WebSocketHandler(logging.Handler):
                 self._server = self._sink = server
                 self._secret = secret
                 self.state = HandlerState.SERVING
+            # set_api_keys() may have run since options were read, and seen no server.
+            keys = self._options.keys if not self._generated else options.keys
+        if not closed and keys != options.keys:
+            server.set_keys(keys)
+            self._publish(port, keys, secret)
         if closed:
             server.close(0.0)
             _rendezvous.remove(options.host, port, secret)
@@ -357,11 +364,14 @@ class WebSocketHandler(logging.Handler):
         if self._appender is not None:
             self._appender.set_keys(keys)  # a RuntimeError: nothing is served here
         with self._role_lock:
-            # A forwarder that takes the port over later serves with these keys.
+            # A forwarder that takes the port over later serves with these keys, and never
+            # again with a made-up one (its own, or the one of a rendezvous file).
             self._options = dataclasses.replace(self._options, keys=keys)
-            server = self._server
+            self._generated = False
+            server, secret = self._server, self._secret
         if server is not None:
             server.set_keys(keys)
+            self._publish(server.port, keys, secret)  # drops the made-up key from the file
 
     def _count_drop(self) -> None:
         with self._drop_lock:
@@ -472,9 +482,11 @@ class WebSocketHandler(logging.Handler):
             sink, secret = self._sink, self._secret
         if state in _STREAMING:
             _handlers.discard(self)
-            sink.close(CLOSE_TIMEOUT)
             if state is HandlerState.SERVING:
+                # First: once the server has let the port go, a forwarder may take it over
+                # and publish its own file, which must not be the one removed here.
                 _rendezvous.remove(self._options.host, sink.port, secret)
+            sink.close(CLOSE_TIMEOUT)
         super().close()
 
     def broadcast(
@@ -519,7 +531,7 @@ class WebSocketHandler(logging.Handler):
         if self.state is HandlerState.SERVING:
             server = self._server
             assert server is not None
-            api_key = server.options.keys[0] if self._generated else None
+            api_key = self._options.keys[0] if self._generated else None
             found = Rendezvous(os.getppid(), self._secret, api_key)
             server.abandon_after_fork()
             server.thread_id = None
@@ -573,10 +585,15 @@ def _after_fork_in_child() -> None:
         handler._drop_lock = threading.RLock()
         handler._local = threading.local()
         handler._role_lock = threading.Lock()
-        if handler.state is HandlerState.APPENDING:
-            handler._append_after_fork()
-        elif handler.state in _STREAMING:
-            handler._forward_after_fork()
+        handler._dropped = 0  # the parent's drops are the parent's (and already reported)
+        try:
+            if handler.state is HandlerState.APPENDING:
+                handler._append_after_fork()
+            elif handler.state in _STREAMING:
+                handler._forward_after_fork()
+        except Exception as exc:  # out of descriptors, say: this handler drops, the rest go on
+            handler.state = HandlerState.FAILED
+            handler._say(f"process {os.getpid()} cannot stream after the fork: {exc!r}")
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

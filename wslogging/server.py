@@ -646,7 +646,10 @@ class LogServer:
         if request.path in PUBLIC_PATHS:
             return await handler(request)
         address = request.remote or ""
-        wait = self._throttle.blocked(address, time.monotonic())
+        # Not for /ws/ingest: its proof (an HMAC of a fresh nonce) cannot be guessed, and
+        # local clients with a bad key or proof (all of them 127.0.0.1, as the forwarders
+        # are) must not lock the forwarders out.
+        wait = request.path != INGEST_PATH and self._throttle.blocked(address, time.monotonic())
         if wait:
             # Refused before the key is looked at (and before any WebSocket upgrade).
             return _error(
@@ -974,7 +977,6 @@ class LogServer:
         stats: ForwarderStats | None = None
         try:
             await ws.prepare(request)
-            self._ingest_sockets.add(ws)
             challenge = _ingest.new_nonce()
             await ws.send_str(
                 _ingest.challenge_message(
@@ -993,9 +995,11 @@ class LogServer:
                 ):
                     raise IngestError("invalid ingest secret")
             except IngestError as exc:
-                self._throttle.failed(request.remote or "", time.monotonic())
                 await ws.close(code=4401, message=str(exc).encode())
                 return ws
+            # Counted against MAX_FORWARDERS once proven: a handshake nobody finishes
+            # (anyone may start one) must not take a forwarder's place.
+            self._ingest_sockets.add(ws)
             stats = self._forwarder_stats(auth.pid)
             await ws.send_str(_ingest.ACCEPTED)
             await self._ingest_frames(ws, stats)
