@@ -142,7 +142,10 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--takeovers", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="20,000 records, 1 run, 3 takeovers")
     args = parser.parse_args()
+    if args.quick:
+        args.records, args.repeat, args.takeovers = 20_000, 1, 3
     os.environ.setdefault("WSLOGGING_RUNTIME_DIR", tempfile.mkdtemp(prefix="wslogging-bench-"))
     print(environment())
     rows = []

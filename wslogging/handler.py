@@ -359,6 +359,11 @@ class WebSocketHandler(logging.Handler):
         streams opened with a key no longer accepted (or with a ticket issued for one) are
         closed soon after: WebSockets with 4401, SSE streams ended. Raises ``ValueError`` for
         no keys and ``TypeError`` for keys that are not strings, leaving the keys unchanged.
+
+        The keys are this process's: a forwarding process keeps them for when it takes the
+        port over, and the process serving now keeps its own (call this in every process, as
+        a SIGHUP handler does in each worker). With ``backend=`` it raises ``RuntimeError``:
+        keys belong to ``wslogging serve``.
         """
         keys = tuple(_auth.parse_keys(api_keys))
         if self._appender is not None:

@@ -358,6 +358,8 @@ class LogServer:
         """Serve records :meth:`submit` hands in (and, with ``ingest_secret``, those of
         forwarding processes), or, with ``source``, the source's records (then :meth:`submit`
         refuses every record)."""
+        if source is not None and ingest_secret is not None:
+            raise ValueError("a server of a record source takes no forwarded records")
         self.options = options
         # Forwarding processes must prove they know it (see _ingest); None: no /ws/ingest.
         self._ingest_secret = ingest_secret
