@@ -246,6 +246,23 @@ def test_filters_apply_on_the_server(handler: wslogging.WebSocketHandler, page: 
     assert ["a needle in the pool", "the last needle"] == messages_after_last_note(page)
 
 
+def test_pid_filter(handler: wslogging.WebSocketHandler, page: Page) -> None:
+    """Worker processes: only the records of the pids typed in arrive; a pid that is not a
+    number is refused by the server, and the filter in force stays."""
+    open_viewer(page, handler)
+    page.fill("#f-pid", "4242, 4245")
+    page.click("#apply")
+    expect(last_note(page)).to_have_text("— Filter applied by the server: pid 4242, 4245 —")
+    for pid in (4241, 4242, 4243, 4245):
+        record = {"name": "app", "levelno": 20, "levelname": "INFO", "msg": f"from {pid}"}
+        log.handle(logging.makeLogRecord({**record, "process": pid}))
+    expect(rows(page, "from 4245")).to_have_count(1)
+    assert ["from 4242", "from 4245"] == messages_after_last_note(page)
+    page.fill("#f-pid", "worker-2")
+    page.click("#apply")
+    expect(last_note(page)).to_contain_text("Filter refused by the server (pid must be")
+
+
 def test_a_refused_filter_keeps_the_previous_one(configure: Configure, page: Page) -> None:
     """A filter the server refuses (too many prefixes) is reported, and the one in force stays,
     on this connection and the next."""

@@ -36,10 +36,10 @@
     lastId: null,
     backoff: BACKOFF_MIN,
     timer: null,
-    filter: { level: null, logger: [], grep: null },
+    filter: { level: null, logger: [], grep: null, pid: [] },
     // The last filter the server accepted: restored if it refuses a new one, so that the
     // next connection's URL never carries a filter it would refuse.
-    accepted: { level: null, logger: [], grep: null },
+    accepted: { level: null, logger: [], grep: null, pid: [] },
     paused: false,
     unseen: 0, // records received since Pause
     follow: true,
@@ -92,10 +92,11 @@
   }
 
   function filterParams(params) {
-    const { level, logger, grep } = state.filter;
+    const { level, logger, grep, pid } = state.filter;
     if (level) params.set("level", level);
     for (const prefix of logger) params.append("logger", prefix);
     if (grep) params.set("grep", grep);
+    for (const id of pid) params.append("pid", id);
     return params;
   }
 
@@ -231,6 +232,7 @@
     if (filter.logger?.length) parts.push(`logger ${filter.logger.join(", ")}`);
     if (filter.category?.length) parts.push(`category ${filter.category.join(", ")}`);
     if (filter.grep) parts.push(`text "${filter.grep}"`);
+    if (filter.pid?.length) parts.push(`pid ${filter.pid.join(", ")}`);
     for (const [key, value] of Object.entries(filter.fields || {})) parts.push(`${key}=${value}`);
     return parts.length ? parts.join(" · ") : "none (every record)";
   }
@@ -456,7 +458,10 @@
     const level = $("f-level").value || null;
     const logger = $("f-logger").value.split(/[\s,]+/).filter(Boolean);
     const grep = $("f-grep").value || null;
-    state.filter = { level, logger, grep };
+    // Worker processes: numbers as typed; the server says what it refuses.
+    const pid = $("f-pid").value.split(/[\s,]+/).filter(Boolean)
+      .map((text) => (/^\d+$/.test(text) ? Number(text) : text));
+    state.filter = { level, logger, grep, pid };
     const ws = state.ws;
     if (ws && ws.readyState === WebSocket.OPEN) {
       body.dataset.filter = "pending";
