@@ -743,9 +743,7 @@ class LogServer:
             return _error(503, "unavailable", "the records' source is not readable yet; retry")
         since = _since_text(request, header_since)
         if since is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(SOURCE_WAIT):
-                    await source.reached(since)
+            await _caught_up(source, since)
         return None
 
     async def _logs(self, request: web.Request) -> web.Response:
@@ -949,9 +947,7 @@ class LogServer:
             return None
         stored = await source.acked(client_id)
         if stored is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(SOURCE_WAIT):
-                    await source.reached(stored)
+            await _caught_up(source, stored)
         return stored
 
     # -- forwarding processes (see _ingest) ---------------------------------------------
@@ -1217,6 +1213,15 @@ def release_descriptors(descriptors: list[int]) -> None:
                     os.dup2(devnull, fd)
     finally:
         os.close(devnull)
+
+
+async def _caught_up(source: RecordSource, wire_id: str) -> None:
+    """Wait, at most :data:`SOURCE_WAIT` seconds, until ``source`` has read as far as
+    ``wire_id`` (a client coming from a server of the source that is further ahead), so that
+    it is sent nothing twice; after that, go on regardless."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(SOURCE_WAIT):
+            await source.reached(wire_id)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
