@@ -13,7 +13,6 @@ import contextlib
 import enum
 import errno
 import os
-import random
 import socket
 import threading
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from collections.abc import Callable
 import aiohttp
 
 from . import _ingest, _rendezvous, _wire
+from ._backoff import Backoff
 from ._handoff import Handoff
 from ._rendezvous import Rendezvous, RendezvousError
 from .server import (
@@ -227,7 +227,7 @@ class Forwarder:
 
     async def _forward(self) -> None:
         assert self._handoff is not None
-        delay = FIRST_RETRY
+        backoff = Backoff(FIRST_RETRY, MAX_RETRY)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=_ingest.HANDSHAKE_TIMEOUT)
         try:
             async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -244,10 +244,9 @@ class Forwarder:
                     if found is not None:
                         self.rendezvous = found
                         if await self._session(session, found):
-                            delay = FIRST_RETRY
+                            backoff.reset()
                             continue  # the server went: try the port at once
-                    await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311
-                    delay = min(delay * 2, MAX_RETRY)
+                    await asyncio.sleep(backoff.next())
         finally:
             left = self._unsent()
             if left and self.state is not ForwarderState.HANDED_OVER:

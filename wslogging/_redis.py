@@ -28,6 +28,7 @@ from redis.backoff import NoBackoff
 from redis.connection import parse_url as _parse_url
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
+from ._backoff import Backoff
 from ._handoff import Handoff
 from ._hub import Hub
 from ._streamids import (
@@ -94,14 +95,11 @@ def mask_url(url: str) -> str:
         url = f"{scheme}://{user}:***@{after}" if colon else f"{scheme}://***@{after}"
     try:
         parts = urlsplit(url)
-        netloc = parts.netloc
-        query = parts.query
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(k == "password" for k, _ in pairs):
-            query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs])
-        if (netloc, query) == (parts.netloc, parts.query):
-            return url  # nothing to hide (and urlunsplit would drop unix://'s empty host)
-        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        if not any(k == "password" for k, _ in pairs):
+            return url  # nothing more to hide (and urlunsplit would drop unix://'s empty host)
+        query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs])
+        return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
     except ValueError:
         return "<unreadable Redis URL>"
 
@@ -115,22 +113,6 @@ def connect(url: str) -> Redis:
         retry=Retry(NoBackoff(), 0),
     )
     return client
-
-
-class Backoff:
-    """Reconnect delays: :data:`FIRST_DELAY`, doubling to :data:`MAX_DELAY`; :meth:`reset`
-    once connected."""
-
-    def __init__(self) -> None:
-        self.delay = FIRST_DELAY
-
-    def next(self) -> float:
-        delay = self.delay
-        self.delay = min(self.delay * 2, MAX_DELAY)
-        return delay
-
-    def reset(self) -> None:
-        self.delay = FIRST_DELAY
 
 
 class Link(enum.Enum):
@@ -272,7 +254,7 @@ class StreamAppender:
         get_batch = self._handoff.get_batch
         client = connect(self.url_with_password)
         batch: list[LogEntry] = []
-        backoff = Backoff()
+        backoff = Backoff(FIRST_DELAY, MAX_DELAY, jitter=0.0)
         # The handler's drop count when Redis went away, while it is away.
         dropped_at_outage: int | None = None
         try:
@@ -485,7 +467,7 @@ class StreamReader:
 
     async def run(self, accept: Callable[[list[LogEntry]], None]) -> None:
         client = self._client = connect(self.url)
-        backoff = Backoff()
+        backoff = Backoff(FIRST_DELAY, MAX_DELAY, jitter=0.0)
         writer = asyncio.create_task(self._write_acks(client))
         try:
             while True:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import re
 import signal
 import ssl
@@ -36,6 +35,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
+from ._backoff import Backoff
 from ._filters import FilterError, build_filter
 from ._version import __version__
 
@@ -238,21 +238,6 @@ class Printer:
         self.out.flush()
 
 
-class _Backoff:
-    """Reconnect delays: doubling from :data:`FIRST_DELAY` to :data:`MAX_DELAY`, ±20 %."""
-
-    def __init__(self) -> None:
-        self.delay = FIRST_DELAY
-
-    def reset(self) -> None:
-        self.delay = FIRST_DELAY
-
-    def next(self) -> float:
-        delay = self.delay * random.uniform(0.8, 1.2)  # noqa: S311 (jitter, not a secret)
-        self.delay = min(self.delay * 2, MAX_DELAY)
-        return delay
-
-
 class _Retry(Exception):
     """The connection ended or could not be made; try again after ``delay`` (if given)."""
 
@@ -285,7 +270,7 @@ class Tail:
             print(f"wslogging tail: {line}", file=self.err, flush=True)
 
     async def run(self) -> None:
-        backoff = _Backoff()
+        backoff = Backoff(FIRST_DELAY, MAX_DELAY)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0)
         async with aiohttp.ClientSession(timeout=timeout, headers=self.headers) as session:
             while True:
@@ -342,7 +327,7 @@ class Tail:
                 delay = None
         raise _Retry(f"refused with HTTP {status}: {detail}", delay)
 
-    async def _follow(self, session: aiohttp.ClientSession, backoff: _Backoff) -> None:
+    async def _follow(self, session: aiohttp.ClientSession, backoff: Backoff) -> None:
         extra = [] if self.cursor is None else [("since", self.cursor)]
         url = self._with_query(self.url, extra)
         try:
@@ -374,7 +359,7 @@ class Tail:
         detail = f"{ws.close_code}: {reason}" if reason else str(ws.close_code)
         raise _Retry(f"connection closed ({detail})")
 
-    def _frame(self, data: str, backoff: _Backoff) -> None:
+    def _frame(self, data: str, backoff: Backoff) -> None:
         try:
             frame = json.loads(data)
             kind = frame.get("type")

@@ -314,7 +314,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         print(f"wslogging serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
     keys = configured_keys(args.api_key or None, KEY_ENV, os.environ)
-    if not keys:
+    generated = not keys
+    if generated:
         if not is_loopback_host(args.host):
             print(
                 f"wslogging serve: refusing to serve on {args.host}, which is not loopback, "
@@ -348,7 +349,7 @@ def _run_serve(args: argparse.Namespace) -> int:
             f"wslogging serve: cannot serve on {args.host}:{args.port} ({reason})", file=sys.stderr
         )
         return EXIT_CANNOT_SERVE
-    with_key = "" if args.api_key or os.environ.get(KEY_ENV) else f" with API key {keys[0]}"
+    with_key = f" with API key {keys[0]}" if generated else ""
     print(
         f"wslogging serve: serving the stream {args.stream!r} of {mask_url(url)} "
         f"at {server.url}/{with_key}",

@@ -253,7 +253,7 @@ class WebSocketHandler(logging.Handler):
 
     def _new_forwarder(self, found: Rendezvous | None) -> Forwarder:
         forwarder = Forwarder(
-            self._options, lambda: self._dropped, self._count_drops, self._take_over, self._say
+            self._options, lambda: self._dropped, self._count_drop, self._take_over, self._say
         )
         forwarder.rendezvous = found
         return forwarder
@@ -378,11 +378,7 @@ class WebSocketHandler(logging.Handler):
             server.set_keys(keys)
             self._publish(server.port, keys, secret)  # drops the made-up key from the file
 
-    def _count_drop(self) -> None:
-        with self._drop_lock:
-            self._dropped += 1
-
-    def _count_drops(self, count: int) -> None:
+    def _count_drop(self, count: int = 1) -> None:
         with self._drop_lock:
             self._dropped += count
 
@@ -575,7 +571,7 @@ def _appender(
         maxlen=options.history,
         queue_size=options.queue_size,
         dropped=lambda: handler._dropped,
-        count_drops=handler._count_drops,
+        count_drops=handler._count_drop,
     )
 
 
