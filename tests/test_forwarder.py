@@ -660,14 +660,16 @@ if pid == 0:
 code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 history = handler._server.hub.history
 deadline = time.monotonic() + 10
-while not any(e.pid == pid for e in history.latest(Filter(), 10)) and time.monotonic() < deadline:
+def child_records():
+    return [e.log for e in history.latest(Filter(), 10) if getattr(e, "pid", None) == pid]
+while not child_records() and time.monotonic() < deadline:
     time.sleep(0.01)
 import urllib.request
 request = urllib.request.Request(handler.url + "/api/stats", headers={"Authorization": "Bearer k"})
 stats = json.load(urllib.request.urlopen(request))
 print(json.dumps({
     "code": code,
-    "child_record": [e.log for e in history.latest(Filter(), 10) if e.pid == pid],
+    "child_record": child_records(),
     "parent_dropped": parent_dropped,
     "stats_dropped": stats["records_dropped"],
     "serving_port": handler.port,

@@ -207,8 +207,9 @@ def test_emit_never_waits_for_a_stalled_server(configure: Configure) -> None:
         assert done.wait(TIMEOUT)
     finally:
         release.set()
-    assert 10_000 - 100 == handler.records_dropped
-    wait_until(lambda: handler._server.hub.stats()["records_accepted"] >= 99)
+    # INFO records are shed once 80% of the queue is taken (see keep_level).
+    assert 10_000 - 80 == handler.records_dropped
+    wait_until(lambda: handler._server.hub.stats()["records_accepted"] >= 80)
 
 
 async def test_server_records_are_never_streamed(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import threading
 from typing import Any
 
 import pytest
+from _records import make_entry
 from conftest import TIMEOUT
 
 from wslogging import _handoff
@@ -128,3 +130,75 @@ async def test_no_item_lost_when_the_consumer_goes_idle_as_threads_put() -> None
         [item for item in received if item[0] == t] for t in range(threads)
     ]
     assert 0 == handoff.qsize()
+
+
+# -- shedding and loss markers ----------------------------------------------------------------
+
+
+def counts(items: list[Any]) -> list[Any]:
+    """Items as comparable values: a record's message, a marker's (count, reason, levels)."""
+    return [(i.count, i.reason, i.levels) if isinstance(i, _handoff.Lost) else i.log for i in items]
+
+
+async def test_records_below_keep_level_are_shed_first() -> None:
+    """Past 80% of the queue only records at keep_level or above get in, until it is full."""
+    handoff: Handoff[Any] = Handoff(
+        10, asyncio.get_running_loop(), keep_level=logging.WARNING, mark=True
+    )
+    infos = [handoff.put(make_entry(f"i{n}")) for n in range(10)]
+    warnings = [handoff.put(make_entry(f"w{n}", levelno=logging.WARNING)) for n in range(3)]
+
+    assert ([True] * 8 + [False] * 2, [True, True, False]) == (infos, warnings)
+    shed, full = (2, "overflow", {"INFO": 2}), (1, "overflow", {"WARNING": 1})
+    assert [*(f"i{n}" for n in range(8)), shed, "w0", "w1", full] == counts(
+        await handoff.get_batch(100)
+    )
+
+
+async def test_a_loss_marker_stands_where_the_records_were_refused() -> None:
+    """Refusals in a row share one marker, placed between the records around them; losses
+    reported from elsewhere have markers of their own reason."""
+    handoff: Handoff[Any] = Handoff(2, asyncio.get_running_loop(), mark=True)
+    assert handoff.put(make_entry("a"))
+    assert handoff.put(make_entry("b"))
+    assert not handoff.put(make_entry("c"))
+    assert not handoff.put(make_entry("d", levelno=logging.ERROR))
+    assert ["a", "b", (2, "overflow", {"INFO": 1, "ERROR": 1})] == counts(
+        await handoff.get_batch(100)
+    )
+    handoff.lost(5, "source")
+    handoff.lost(None, "source")
+    assert handoff.put(make_entry("e"))
+    assert [(None, "source", {}), "e"] == counts(await handoff.get_batch(100))
+
+
+async def test_markers_wake_an_idle_consumer() -> None:
+    """A loss reported while the consumer sleeps reaches it without a record after it."""
+    handoff: Handoff[Any] = Handoff(2, asyncio.get_running_loop(), mark=True)
+    consumer = asyncio.create_task(handoff.get_batch(100))
+    await asyncio.sleep(_handoff.LINGER * 3)  # let it go idle
+    await asyncio.to_thread(handoff.lost, 3, "overflow")
+    async with asyncio.timeout(TIMEOUT):
+        assert [(3, "overflow", {})] == counts(await consumer)
+
+
+async def test_without_mark_refusals_leave_no_marker() -> None:
+    """A hand-off that does not mark (a forwarder's) only refuses: its caller counts."""
+    handoff: Handoff[Any] = Handoff(1, asyncio.get_running_loop())
+    assert [True, False] == [handoff.put(make_entry("a")), handoff.put(make_entry("b"))]
+    handoff.lost(4, "source")
+    assert ["a"] == counts(await handoff.get_batch(100))
+
+
+async def test_a_partial_take_keeps_the_bound() -> None:
+    """Taking fewer than are waiting frees exactly the room of the records taken."""
+    handoff: Handoff[Any] = Handoff(3, asyncio.get_running_loop(), mark=True)
+    for n in range(4):
+        handoff.put(make_entry(f"r{n}"))
+    assert ["r0", "r1"] == counts(await handoff.get_batch(2))
+    assert handoff.put(make_entry("r4"))
+    assert handoff.put(make_entry("r5"))
+    assert not handoff.put(make_entry("r6"))
+    assert ["r2", (1, "overflow", {"INFO": 1}), "r4", "r5", (1, "overflow", {"INFO": 1})] == (
+        counts(await handoff.get_batch(100))
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import types
@@ -12,7 +13,7 @@ from _records import make_entry
 
 from wslogging import _history
 from wslogging._filters import Filter
-from wslogging._history import Gap, History, SinceError, parse_id
+from wslogging._history import Gap, History, LossMark, SinceError, parse_id
 from wslogging._wire import LogEntry
 
 FIRST = 1000
@@ -377,3 +378,67 @@ def test_parse_id_error_message_cut() -> None:
         parse_id("x" * 1000)
 
     assert f"not a record id: {'x' * 40!r}" == str(info.value)
+
+
+# -- loss marks -----------------------------------------------------------------------------
+
+
+def marked(maxlen: int, items: list[LogEntry | LossMark]) -> History:
+    history = History(maxlen, first_id=100)
+    history.extend_marked(items)
+    return history
+
+
+def test_a_loss_mark_takes_an_id_of_its_own_and_is_no_record() -> None:
+    """Marks are numbered among the records; ``records`` counts only records."""
+    mark = LossMark(7, "overflow", {"INFO": 7})
+    history = marked(10, [make_entry("a"), mark, make_entry("b")])
+
+    assert (101, 2, 1) == (mark.id, history.records, history.marks)
+    assert {"type": "gap", "missed": 7, "reason": "overflow", "id": "101"} | {
+        "levels": {"INFO": 7}
+    } == json.loads(mark.data)
+
+
+def test_a_page_keeps_loss_marks_under_any_filter() -> None:
+    """Marks match every filter: records lost before matching concern every client."""
+    mark = LossMark(3, "overflow", {})
+    history = marked(10, [make_entry("a"), mark, make_entry("b", levelno=logging.ERROR)])
+    only_errors = Filter(level=logging.ERROR)
+
+    assert ([mark, "b"], [mark, "b"]) == (
+        [e if e is mark else e.log for e in history.page(100, 102, only_errors, 10)[0]],
+        [e if e is mark else e.log for e in history.latest(only_errors, 10)],
+    )
+
+
+def test_a_forgotten_range_counts_what_its_marks_announced() -> None:
+    """Resuming past forgotten ids: the records forgotten, less the marks' own ids, plus what
+    the marks announced (100 a, 101 mark of 5, 102 b, then 103..105 held)."""
+    items: list[LogEntry | LossMark] = [make_entry("a"), LossMark(5, "overflow", {})]
+    items += [make_entry(m) for m in "bcde"]
+    history = marked(3, items)
+
+    assert (103, Gap(1 + 5 + 1, "history")) == history.resume(99)
+    assert (103, Gap(1, "history")) == history.resume(101)
+
+
+def test_a_forgotten_mark_of_unknown_size_makes_the_gap_unknown() -> None:
+    """A mark that announced an unknown number (a forwarder gone) leaves the count unknown."""
+    items: list[LogEntry | LossMark] = [LossMark(None, "source", {})]
+    items += [make_entry(m) for m in "abc"]
+    history = marked(2, items)
+
+    assert (102, Gap(None, "history")) == history.resume(99)
+    assert (102, Gap(1, "history")) == history.resume(100)
+
+
+def test_marks_remembered_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_MARKS, the oldest marks are forgotten: a range reaching back past them has
+    an unknown count, later ones are still counted."""
+    monkeypatch.setattr(_history, "MAX_MARKS", 2)
+    history = History(1, first_id=100)
+    for _ in range(3):
+        history.extend_marked([LossMark(1, "overflow", {}), make_entry("r")])
+
+    assert (None, 2, 3) == (history.missed(100, 105), history.missed(103, 105), history.marks)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ from _records import make_entry
 
 from wslogging import _hub, _wire
 from wslogging._filters import Filter
-from wslogging._history import Gap
+from wslogging._history import Gap, LossMark
 from wslogging._hub import BATCH, Client, ClientState, Hub, Item, SlowClientPolicy
 from wslogging._wire import LogEntry, encode_entry, ws_frames
 
@@ -513,3 +514,48 @@ async def test_batch_that_matches_nothing_does_not_wake_the_writer() -> None:
 
     assert ([], False) == (calls, writer.done())
     writer.cancel()
+
+
+# -- loss marks -------------------------------------------------------------------------------
+
+
+async def test_a_loss_mark_reaches_every_client_at_its_place() -> None:
+    """Whatever a client's filter, it gets the mark between the records around it."""
+    hub = make_hub()
+    everyone = hub.connect(Filter(), None)
+    errors_only = hub.connect(Filter(level=logging.ERROR), None)
+    mark = LossMark(4, "overflow", {"INFO": 4})
+    before, after = make_entry("before"), make_entry("after", levelno=logging.ERROR)
+
+    hub.accept([before, mark, after], marked=True)
+
+    assert ([before, mark, after], [mark, after]) == (
+        await drain(everyone),
+        await drain(errors_only),
+    )
+    assert 2 == hub.stats()["records_accepted"]
+
+
+async def test_a_slow_client_that_forgets_a_mark_counts_what_it_announced() -> None:
+    """A mark pushed out of a full client queue adds its count to the client's own gap, so
+    that what the client is told still adds up to everything it did not get."""
+    hub = make_hub(client_queue_size=2)
+    client = hub.connect(Filter(), None)
+    entries = [make_entry("a"), LossMark(10, "overflow", {}), make_entry("b"), make_entry("c")]
+
+    hub.accept(entries, marked=True)
+
+    assert ([Gap(1 + 10, "slow_client"), entries[2], entries[3]], 1) == (
+        await drain(client),
+        hub.client_drops,
+    )
+
+
+async def test_a_forgotten_mark_of_unknown_size_makes_the_slow_client_gap_unknown() -> None:
+    hub = make_hub(client_queue_size=1)
+    client = hub.connect(Filter(), None)
+    entries = [LossMark(None, "source", {}), make_entry("a")]
+
+    hub.accept(entries, marked=True)
+
+    assert [Gap(None, "slow_client"), entries[1]] == await drain(client)

@@ -27,9 +27,12 @@ from typing import Any
 import aiohttp
 import pytest
 import redis
+from _records import make_entry
 from conftest import AUTH, KEY, TIMEOUT, read_sse, receive_json, wait_until
 
 import wslogging
+from wslogging._history import LossMark
+from wslogging._streamids import stream_fields
 
 # A producer: logs COUNT records at RATE per second (0: as fast as it can) through a handler
 # with backend=URL built by dictConfig, then prints what it measured as one JSON line.
@@ -243,12 +246,18 @@ def processes() -> Iterator[Callable[[Process], Any]]:
 
 
 async def read_records(
-    ws: aiohttp.ClientWebSocketResponse, until: Callable[[list[dict[str, Any]]], bool]
+    ws: aiohttp.ClientWebSocketResponse,
+    until: Callable[[list[dict[str, Any]]], bool],
+    gaps: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """``log`` frames (no gap may come) until ``until`` holds for those read."""
+    """``log`` frames until ``until`` holds for those read; no gap may come, unless a list
+    ``gaps`` is given to collect them."""
     logs: list[dict[str, Any]] = []
     while not until(logs):
         frame = await receive_json(ws)
+        if gaps is not None and frame["type"] == "gap":
+            gaps.append(frame)
+            continue
         assert frame["type"] == "log", frame
         logs.append(frame)
     return logs
@@ -433,8 +442,8 @@ async def test_redis_outage(
     rds: RedisServer, stream: str, processes: Callable[[Process], Any], sig: int
 ) -> None:
     """Redis killed (or stopped) and started again while a producer logs: its logging calls
-    never wait, what it could not append is counted (and announced by a record), and
-    delivery resumes."""
+    never wait, what it could not append is counted (and announced by a record, and a
+    gap(source) for every client), and delivery resumes."""
     serve = processes(Serve(rds.url, stream))
     count = 1500
     producer = processes(Producer(rds.url, stream, "p", count, rate=500, queue_size=100))
@@ -450,8 +459,9 @@ async def test_redis_outage(
         await asyncio.sleep(0.5)
         rds.start()
         result = producer.result()
+        gaps: list[dict[str, Any]] = []
         logs += await read_records(
-            ws, lambda logs: any(log["fields"].get("n") == count - 1 for log in logs)
+            ws, lambda logs: any(log["fields"].get("n") == count - 1 for log in logs), gaps
         )
         await ws.close()
     # A logging call renders the record and puts it on a queue: microseconds. Had it waited
@@ -464,6 +474,10 @@ async def test_redis_outage(
     announced = notice["fields"]["dropped"]
     assert 0 < announced <= result["dropped"] <= announced + 100
     assert producer.said(f"is back; {announced} record(s) dropped"), producer.lines
+    # Every client is also told with gap(source), at the place: the drops until Redis was
+    # back, and any since, before the records appended after them.
+    assert {"source"} == {gap["reason"] for gap in gaps}
+    assert announced <= sum(gap["missed"] for gap in gaps) <= result["dropped"]
     numbers = [log["fields"]["n"] for log in app_records(logs)]
     assert sorted(set(numbers)) == numbers  # in order, none twice
     # Lost: what was dropped, and what Redis had not handed to serve when it was killed
@@ -738,3 +752,59 @@ def test_close_under_the_logging_lock_does_not_wait(rds: RedisServer, stream: st
         logging._releaseLock()  # type: ignore[attr-defined]
     assert took < 1.0
     wait_until(lambda: rds.client.xlen(stream) == 1)
+
+
+async def test_entries_trimmed_before_serve_read_them_are_announced(
+    rds: RedisServer, stream: str, processes: Callable[[Process], Any]
+) -> None:
+    """Entries Redis trimmed from the stream before serve got to read them (serve stopped
+    while producers wrote more than the stream keeps) reach every client as a gap(source)
+    that counts them, in front of the records that are left."""
+    serve = processes(Serve(rds.url, stream))
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(f"{serve.url}/ws/logs", headers=AUTH)
+        assert "hello" == (await receive_json(ws))["type"]
+        rds.client.xadd(stream, stream_fields(make_entry("first", pid=1)))
+        assert ["first"] == [r["log"] for r in await read_records(ws, lambda logs: logs)]
+        serve.popen.send_signal(signal.SIGSTOP)
+        try:
+            for n in range(50):
+                rds.client.xadd(
+                    stream, stream_fields(make_entry(f"r{n}", pid=1)), maxlen=10, approximate=False
+                )
+        finally:
+            serve.popen.send_signal(signal.SIGCONT)
+        # A read that was waiting when serve stopped may have been answered with r0 already.
+        frames = [await receive_json(ws)]
+        while frames[-1]["type"] == "log":
+            frames.append(await receive_json(ws))
+        logs = await read_records(ws, lambda logs: len(logs) == 10)
+        await ws.close()
+    *before, gap = frames
+    assert [r["log"] for r in before] in ([], ["r0"])
+    assert ("gap", 50 - 10 - len(before), "source") == (
+        gap["type"],
+        gap["missed"],
+        gap["reason"],
+    ), gap
+    assert [f"r{n}" for n in range(40, 50)] == [r["log"] for r in logs]
+    assert gap["id"] < logs[0]["id"]  # its place: just before the first record left
+
+
+async def test_a_gap_entry_in_the_stream_reaches_clients(
+    rds: RedisServer, stream: str, processes: Callable[[Process], Any]
+) -> None:
+    """A producer's announced loss (a gap entry in the stream) is a gap(source) with its
+    count and the entry's id, for live clients and in the JSON page."""
+    serve = processes(Serve(rds.url, stream))
+    mark = LossMark(7, "source", {})
+    mark_id = rds.client.xadd(stream, stream_fields(mark)).decode()
+    rds.client.xadd(stream, stream_fields(make_entry("after", pid=1)))
+    async with aiohttp.ClientSession() as session:
+        page: dict[str, Any] = {"records": []}
+        async with asyncio.timeout(TIMEOUT):
+            while not page["records"]:  # until serve has read both
+                async with session.get(f"{serve.url}/api/logs", headers=AUTH) as response:
+                    page = await response.json()
+    assert ["after"] == [r["log"] for r in page["records"]]
+    assert [{"type": "gap", "missed": 7, "reason": "source", "id": mark_id}] == page["gaps"]

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from wslogging._filters import Filter
-from wslogging._history import Gap, History, Resume, SinceError
+from wslogging._history import Gap, History, LossMark, Resume, SinceError
 from wslogging._streamids import (
     FIELD,
     StreamPositions,
@@ -197,3 +197,20 @@ def test_no_history() -> None:
     """With a history of 0 every entry is forgotten at once; the cursor still moves."""
     positions = filled(0, IDS)
     assert ((20, 0), (20, 0)) == (positions.floor, positions.last_seen)
+
+
+def test_a_gap_entry_reads_back_as_a_loss_mark() -> None:
+    """A producer's announced loss round-trips through the stream as a gap(source)."""
+    mark = entry_from_stream("5-0", stream_fields(LossMark(3, "source", {})))
+
+    assert isinstance(mark, LossMark)
+    assert (3, "source", "5-0") == (mark.count, mark.reason, mark.wire_id)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b'{"gap": "overflow", "missed": 1}', b'{"gap": "source", "missed": -1}', b'{"x": 1}'],
+)
+def test_a_malformed_gap_entry_is_refused(value: bytes) -> None:
+    with pytest.raises(ValueError, match="gap entry"):
+        entry_from_stream("5-0", {FIELD: value})

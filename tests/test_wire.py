@@ -17,7 +17,6 @@ from structlog.stdlib import ProcessorFormatter
 
 from wslogging import _wire
 from wslogging._wire import (
-    SSE_PING,
     dumps,
     encode_entry,
     format_time,
@@ -25,6 +24,7 @@ from wslogging._wire import (
     json_safe,
     render_record,
     sse_event,
+    sse_ping,
     sse_retry,
     ws_frames,
     ws_text_frame_header,
@@ -609,9 +609,10 @@ def test_sse_retry() -> None:
     assert b"retry: 3000\n\n" == sse_retry(3000)
 
 
-def test_sse_ping_is_a_comment() -> None:
-    """The keep-alive is a ``: ping`` comment, which dispatches no event."""
-    assert (b": ping\n\n", []) == (SSE_PING, parse_sse(SSE_PING))
+def test_sse_ping_is_a_comment_and_an_id() -> None:
+    """The keep-alive is a ``: ping`` comment and an ``id:`` with no ``data:``: a browser keeps
+    the id as the stream's last event id and dispatches no event (there is no data)."""
+    assert (b": ping\nid: 7\n\n", [{"id": ["7"]}]) == (sse_ping("7"), parse_sse(sse_ping("7")))
 
 
 # -- gap_message ----------------------------------------------------------------------------

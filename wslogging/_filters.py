@@ -87,6 +87,12 @@ class Filter:
                 return False
         return True
 
+    @property
+    def filtering(self) -> bool:
+        """Whether some records may not match (a level above every level, or any other
+        condition)."""
+        return not self.takes_all(logging.NOTSET)
+
     def takes_all(self, lowest: int) -> bool:
         """Whether every record of level ``lowest`` or above matches: whether a batch whose
         lowest level is ``lowest`` can be passed on without looking at each record."""

@@ -131,7 +131,9 @@ class Forwarder:
                 return
             # Made here, on the caller's thread, as LogServer.start does (see there).
             self._loop = new_event_loop()
-            self._handoff = Handoff(self.options.queue_size, self._loop)
+            self._handoff = Handoff(
+                self.options.queue_size, self._loop, keep_level=self.options.keep_level
+            )
             self.state = ForwarderState.RUNNING
             threading.Thread(target=self._run, name="wslogging-forwarder", daemon=True).start()
 
@@ -354,7 +356,11 @@ class Forwarder:
                         return
                     self._pending = getter.result()
                     if not self._pending:
-                        await ws.close()  # closing, and everything is sent
+                        # Closing, and everything is sent: the last drops, then the close
+                        # that tells the server nothing more was lost.
+                        if self._dropped() != reported:
+                            await ws.send_str(_ingest.dropped_message(self._dropped()))
+                        await ws.close()
                         return
                 dropped = self._dropped()
                 if dropped != reported:

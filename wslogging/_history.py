@@ -11,13 +11,20 @@ in order.
 
 from __future__ import annotations
 
+import bisect
 import time
 import weakref
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ._filters import Filter
-from ._wire import LogEntry
+from ._wire import LogEntry, dumps, gap_message
+
+# Loss marks whose ids and counts are remembered after they leave the ring, so that a gap for
+# a forgotten range can still count the losses it spans (see History.missed).
+MAX_MARKS = 10000
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,53 @@ class Gap:
 
     missed: int | None
     reason: str
+
+
+class LossMark:
+    """A loss that stands in the stream (``overflow``, ``source``): a gap with an id of its
+    own, numbered and kept in history like a record.
+
+    So it reaches every live client at its place among the records, a client that resumes
+    across it from history is told of it, and one that has been told (whose last id is the
+    mark's) is not told again. It matches every filter: records lost before they could be
+    matched are every client's concern. Duck-types the parts of :class:`LogEntry` that the
+    ring, the fan-out and the writers read (``id``, ``data``, ``levelno``, ``wire_id``).
+    """
+
+    __slots__ = ("_data", "count", "id", "levels", "reason", "stream_id")
+    # Above every level: a batch's lowest level is never raised by a mark.
+    levelno = 1 << 62
+
+    def __init__(self, count: int | None, reason: str, levels: dict[str, int]) -> None:
+        self.count = count
+        self.reason = reason
+        self.levels = levels
+        self.id = 0
+        # Its id on the wire when read from a Redis stream (as for a record).
+        self.stream_id: str | None = None
+        self._data: bytes | None = None
+
+    @property
+    def wire_id(self) -> str:
+        return str(self.id) if self.stream_id is None else self.stream_id
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``gap`` frame: SPEC §5's fields, its ``id``, and ``levels`` when known."""
+        message = gap_message(self.count, self.reason)
+        message["id"] = self.wire_id
+        if self.levels:
+            message["levels"] = self.levels
+        return message
+
+    @property
+    def data(self) -> bytes:
+        """The JSON of the ``gap`` frame, made once (after ``id`` is set)."""
+        if self._data is None:
+            self._data = dumps(self.to_dict())
+        return self._data
+
+
+Held = LogEntry | LossMark
 
 
 @dataclass(frozen=True)
@@ -75,7 +129,18 @@ class History:
         _runs.add(self)
         self.first_id = first_id
         self._next_id = self.first_id
-        self._ring: list[LogEntry | None] = [None] * maxlen
+        self._ring: list[Held | None] = [None] * maxlen
+        # Ids taken by loss marks, and what each announced, the latest MAX_MARKS of them; the
+        # totals over all of them. Record counts subtract the marks' ids.
+        self._mark_ids: deque[int] = deque()
+        self._mark_counts: deque[int | None] = deque()
+        self._marks_forgotten_below = first_id
+        self.marks = 0
+
+    @property
+    def records(self) -> int:
+        """Records accepted (ids issued, less those of loss marks)."""
+        return self._next_id - self.first_id - self.marks
 
     def __len__(self) -> int:
         return min(self._next_id - self.first_id, self.maxlen)
@@ -103,7 +168,7 @@ class History:
             self._ring[entry.id % self.maxlen] = entry
         return entry.id
 
-    def extend(self, entries: Iterable[LogEntry]) -> None:
+    def extend(self, entries: Iterable[Held]) -> None:
         """:meth:`append` each of ``entries``, in order."""
         next_id = self._next_id
         maxlen = self.maxlen
@@ -115,7 +180,40 @@ class History:
             next_id += 1
         self._next_id = next_id
 
-    def get(self, entry_id: int) -> LogEntry | None:
+    def extend_marked(self, entries: Sequence[Held]) -> None:
+        """:meth:`extend`, for a batch with loss marks among its records: their ids and counts
+        are remembered (see :meth:`missed`)."""
+        self.extend(entries)
+        ids, counts = self._mark_ids, self._mark_counts
+        for entry in entries:
+            if type(entry) is LossMark:
+                ids.append(entry.id)
+                counts.append(entry.count)
+                self.marks += 1
+        while len(ids) > MAX_MARKS:
+            self._marks_forgotten_below = ids.popleft() + 1
+            counts.popleft()
+
+    def missed(self, start: int, end: int) -> int | None:
+        """How many records a client lost that resumes at ``start`` when the oldest it can be
+        given is ``end``: the records with ids in ``[start, end)`` plus what the loss marks
+        among them announced; ``None`` when that cannot be known (a mark there announced an
+        unknown number, or the range reaches back past the marks remembered)."""
+        if start >= end:
+            return 0
+        ids = self._mark_ids
+        if start < self._marks_forgotten_below and self.marks > len(ids):
+            return None
+        lo, hi = bisect.bisect_left(ids, start), bisect.bisect_left(ids, end)
+        total = end - start - (hi - lo)
+        for index in range(lo, hi):
+            count = self._mark_counts[index]
+            if count is None:
+                return None
+            total += count
+        return total
+
+    def get(self, entry_id: int) -> Held | None:
         """The entry with this id, or ``None`` if it was never assigned or is forgotten."""
         if self.oldest_id <= entry_id <= self.last_id:
             return self._ring[entry_id % self.maxlen]
@@ -143,37 +241,39 @@ class History:
             start = since + 1
             if start >= self.oldest_id:
                 return start, None
-            return self.oldest_id, Gap(self.oldest_id - start, "history")
+            return self.oldest_id, Gap(self.missed(start, self.oldest_id), "history")
         return self.oldest_id, Gap(None, "restart")
 
-    def page(self, start: int, end: int, flt: Filter, limit: int) -> tuple[list[LogEntry], int]:
-        """Up to ``limit`` entries with ids in ``[start, end]`` that match ``flt``.
+    def page(self, start: int, end: int, flt: Filter, limit: int) -> tuple[list[Held], int]:
+        """Up to ``limit`` entries with ids in ``[start, end]`` that match ``flt`` (loss marks
+        match every filter).
 
         Returns them and the id a reader should continue after: the last one returned, or
         ``end`` when the range was scanned to its end. ``start`` below the oldest held is
         raised to it (the caller has already reported the gap).
         """
-        out: list[LogEntry] = []
+        out: list[Held] = []
         entry_id = max(start, self.oldest_id)
         end = min(end, self.last_id)
         while entry_id <= end:
             entry = self._ring[entry_id % self.maxlen]
             assert entry is not None
-            if flt.matches(entry):
+            if type(entry) is LossMark or flt.matches(entry):  # type: ignore[arg-type]
                 out.append(entry)
                 if len(out) >= limit:
                     return out, entry_id
             entry_id += 1
         return out, end
 
-    def latest(self, flt: Filter, limit: int) -> list[LogEntry]:
-        """The newest ``limit`` held entries that match ``flt``, oldest first."""
-        out: list[LogEntry] = []
+    def latest(self, flt: Filter, limit: int) -> list[Held]:
+        """The newest ``limit`` held entries that match ``flt`` (loss marks included), oldest
+        first."""
+        out: list[Held] = []
         entry_id = self.last_id
         while entry_id >= self.oldest_id and len(out) < limit:
             entry = self._ring[entry_id % self.maxlen]
             assert entry is not None
-            if flt.matches(entry):
+            if type(entry) is LossMark or flt.matches(entry):  # type: ignore[arg-type]
                 out.append(entry)
             entry_id -= 1
         out.reverse()

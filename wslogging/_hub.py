@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ._filters import Filter
-from ._history import Gap, History, Resume
+from ._history import Gap, Held, History, LossMark, Resume
 from ._protocol import Liveness
-from ._wire import LogEntry, ws_frames
+from ._wire import ws_frames
 
 # Records handed to one writer per wakeup: bounds the work (and the write) per turn.
 BATCH = 500
@@ -42,14 +43,17 @@ class SendPing:
     __slots__ = ()
 
 
-Item = LogEntry | Gap | dict[str, Any] | SendPong | SendPing
+Item = Held | Gap | dict[str, Any] | SendPong | SendPing
 
 
-class Batch(list[LogEntry]):
-    """Records fanned out together, in order. Their WebSocket frames are joined once, for
-    every client that is written the whole batch at once (see :attr:`Client.write_now`)."""
+class Batch(list[Held]):
+    """Records (and loss marks) fanned out together, in order. Their WebSocket frames are
+    joined once, for every client that is written the whole batch at once (see
+    :attr:`Client.write_now`)."""
 
     _frames: bytes | None = None
+    # How many loss marks are among them.
+    marks = 0
 
     def ws_frames(self) -> bytes:
         if self._frames is None:
@@ -99,6 +103,9 @@ class Client:
         self.close_code = 1000
         self.close_reason = ""
         self.dropped = 0
+        # Whether a loss mark of unknown size was among what it dropped: its gap's missed
+        # is then unknown too.
+        self.dropped_unknown = False
         # Names the client across reconnections, for acknowledgments (WebSocket only).
         self.client_id: str | None = None
         # Names the API key the client came with (see _auth.KeyId); None when not known.
@@ -112,7 +119,9 @@ class Client:
         self.write_now: Callable[[Batch], bool] | None = None
         # Whether the writer is waiting for something to send (nothing in flight).
         self._writer_idle = False
-        self._queue: deque[LogEntry] = deque(maxlen=maxlen)
+        self._queue: deque[Held] = deque(maxlen=maxlen)
+        # Loss marks in _queue (0 nearly always: then records leave it without a look).
+        self._marks_queued = 0
         self._control: list[Item] = first
         # Ids in [replay_next, replay_end] are read from history; later ones arrive via offer().
         self._replay_next = start_id
@@ -149,10 +158,28 @@ class Client:
                 queue.extend(entries[: len(entries) - overflow])  # kick() counts them
                 self.kick(1008, "client too slow: its queue is full")
                 return
-            self.dropped += overflow
-            self.hub.client_drops += overflow
+            if self._marks_queued or entries.marks:
+                self._forget(itertools.islice(itertools.chain(queue, entries), overflow))
+            else:
+                self.dropped += overflow
+                self.hub.client_drops += overflow
+        self._marks_queued += entries.marks
         queue.extend(entries)  # a deque with a maxlen: forgets the oldest beyond it
         self._wake.set()
+
+    def _forget(self, items: Iterable[Held]) -> None:
+        """Count ``items``, about to be forgotten, as dropped for this client (a loss mark
+        among them by what it announced: the client was never told of it)."""
+        for item in items:
+            if type(item) is LossMark:
+                self._marks_queued -= 1
+                if item.count is None:
+                    self.dropped_unknown = True
+                else:
+                    self.dropped += item.count
+            else:
+                self.dropped += 1
+                self.hub.client_drops += 1
 
     def send_control(self, message: dict[str, Any] | SendPong) -> None:
         """Queue a protocol message (``pong``, ``error``, ...) ahead of records.
@@ -170,7 +197,7 @@ class Client:
         """Replace the filter now: queued records that the new filter rejects are dropped
         (not counted: the client asked), so everything after the reply obeys it."""
         self.filter = flt
-        self._queue = deque(flt.select(self._queue), maxlen=self.maxlen)
+        self._queue = deque(select(flt, self._queue), maxlen=self.maxlen)
 
     def kick(self, code: int, reason: str) -> None:
         """Close this client with ``code``: cleanly if its writer is free, else cut it off
@@ -180,8 +207,9 @@ class Client:
         self.hub.detach(self)
         self.state = ClientState.FINISHING
         self.close_code, self.close_reason = code, reason
-        self.hub.client_drops += len(self._queue)
+        self.hub.client_drops += len(self._queue) - self._marks_queued
         self._queue.clear()
+        self._marks_queued = 0
         self._replay_next = self._replay_end + 1
         self._wake.set()
         if self.abort is not None:
@@ -212,18 +240,25 @@ class Client:
             if self._replay_next < history.oldest_id:
                 # Only the replay range counts: later ids are in the live queue, not lost.
                 lost_until = min(history.oldest_id, self._replay_end + 1)
-                items.append(Gap(lost_until - self._replay_next, "history"))
+                items.append(Gap(history.missed(self._replay_next, lost_until), "history"))
             entries, last = history.page(self._replay_next, self._replay_end, self.filter, BATCH)
             items.extend(entries)
             self._replay_next = last + 1
             if self._replay_next <= self._replay_end:
                 return items  # more replay before any live record, to keep the order
-        if self.dropped:
-            items.append(Gap(self.dropped, "slow_client"))
+        if self.dropped or self.dropped_unknown:
+            items.append(Gap(None if self.dropped_unknown else self.dropped, "slow_client"))
             self.dropped = 0
+            self.dropped_unknown = False
         queue = self._queue
-        for _ in range(min(BATCH, len(queue))):
-            items.append(queue.popleft())
+        if self._marks_queued:
+            for _ in range(min(BATCH, len(queue))):
+                item = queue.popleft()
+                self._marks_queued -= type(item) is LossMark
+                items.append(item)
+        else:
+            for _ in range(min(BATCH, len(queue))):
+                items.append(queue.popleft())
         if not queue:
             self._wake.clear()
         return items
@@ -337,9 +372,10 @@ class Hub:
             if not self._per_key[client.key]:
                 del self._per_key[client.key]
 
-    def accept(self, entries: Sequence[LogEntry]) -> None:
+    def accept(self, entries: Sequence[Held], marked: bool = False) -> None:
         """Number and keep ``entries``, in order, then queue for every client, in one go,
-        those its filter matches.
+        those its filter matches. ``marked``: loss marks are among them, which every client
+        gets, at their place.
 
         Per batch rather than per record, so that the cost per client is one filter pass and
         one queue extension per batch. Each record is encoded here, once for every client,
@@ -349,15 +385,26 @@ class Hub:
         """
         if not entries:
             return
-        self.history.extend(entries)
+        if marked:
+            self.history.extend_marked(entries)
+        else:
+            self.history.extend(entries)
         if self.clients:
             for entry in entries:
                 entry.data  # noqa: B018 - made (and kept) now
         everything = Batch(entries)
+        marks = everything.marks = sum(type(e) is LossMark for e in entries) if marked else 0
         lowest = min(entry.levelno for entry in entries)
         for client in list(self.clients):
             flt = client.filter
-            client.offer(everything if flt.takes_all(lowest) else Batch(flt.select(entries)))
+            if flt.takes_all(lowest):
+                client.offer(everything)
+            elif marked:
+                some = Batch(select(flt, entries))
+                some.marks = marks
+                client.offer(some)
+            else:
+                client.offer(Batch(flt.select(entries)))  # type: ignore[arg-type]
 
     def finish_all(self, code: int, reason: str) -> None:
         for client in list(self.clients):
@@ -367,8 +414,14 @@ class Hub:
         history = self.history
         return {
             "clients": len(self.clients),
-            "records_accepted": history.last_id - history.first_id + 1,
+            "records_accepted": history.records,
             "client_drops": self.client_drops,
             "records_failed": self.records_failed,
             "history_size": len(history),
         }
+
+
+def select(flt: Filter, entries: Iterable[Held]) -> list[Held]:
+    """The entries ``flt`` matches, and every loss mark, in order."""
+    matches = flt.matches
+    return [e for e in entries if type(e) is LossMark or matches(e)]  # type: ignore[arg-type]

@@ -101,7 +101,20 @@ _GAP: dict[str, Any] = {
     "properties": {
         "type": {"type": "string", "const": "gap"},
         "missed": {"type": ["integer", "null"]},
-        "reason": {"type": "string", "enum": ["history", "slow_client", "restart"]},
+        "reason": {
+            "type": "string",
+            "enum": ["history", "slow_client", "restart", "overflow", "source"],
+        },
+        "id": {
+            "type": "string",
+            "description": "A gap that stands in the stream (overflow, source) has an id of its "
+            "own, in the records' order: resuming after it does not tell it again.",
+        },
+        "levels": {
+            "type": "object",
+            "additionalProperties": {"type": "integer"},
+            "description": "How many of the records lost were of each level, where known.",
+        },
     },
 }
 
@@ -304,6 +317,12 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                         },
                         "last_id": {"type": "string"},
                         "gap": {"oneOf": [{"$ref": "#/components/schemas/Gap"}, {"type": "null"}]},
+                        "gaps": {
+                            "type": "array",
+                            "description": "Losses that stand among these records (each with "
+                            "its id, which places it).",
+                            "items": {"$ref": "#/components/schemas/Gap"},
+                        },
                     },
                 },
                 "Stats": {

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -30,6 +30,7 @@ from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from ._backoff import Backoff
 from ._handoff import Handoff
+from ._history import Held, LossMark
 from ._hub import Hub
 from ._streamids import (
     FIELD,
@@ -42,6 +43,10 @@ from ._streamids import (
 )
 from ._wire import LogEntry
 from .server import holds_logging_lock
+
+# How a record source hands what it read to the server: entries in order, and whether loss
+# marks are among them.
+Accept = Callable[[Sequence[Held], bool], None]
 
 if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
@@ -161,11 +166,13 @@ class StreamAppender:
         queue_size: int,
         dropped: Callable[[], int],
         count_drops: Callable[[int], None],
+        keep_level: int | None = None,
     ) -> None:
         self.url_with_password = url
         self.stream = stream
         self.maxlen = max(1, maxlen)
         self.queue_size = queue_size
+        self.keep_level = keep_level
         self._dropped = dropped
         self._count_drops = count_drops
         self.thread_id: int | None = None
@@ -199,7 +206,7 @@ class StreamAppender:
             raise RuntimeError("StreamAppender.start() may be called once; make a new one")
         # Made here, on the caller's thread, for the reason LogServer.start gives.
         self._loop = asyncio.new_event_loop()
-        self._handoff = Handoff(self.queue_size, self._loop)
+        self._handoff = Handoff(self.queue_size, self._loop, keep_level=self.keep_level)
         self._thread = threading.Thread(target=self._run, name="wslogging-redis", daemon=True)
         self._thread.start()
 
@@ -257,13 +264,23 @@ class StreamAppender:
         backoff = Backoff(FIRST_DELAY, MAX_DELAY, jitter=0.0)
         # The handler's drop count when Redis went away, while it is away.
         dropped_at_outage: int | None = None
+        # The drops already announced in the stream (see below).
+        reported = self._dropped()
         try:
             while batch or (batch := await get_batch(BATCH)):
                 try:
                     if self.link is Link.DOWN:
                         await client.ping()  # before a batch that could be written in part
-                    lost = 0 if dropped_at_outage is None else self._dropped() - dropped_at_outage
-                    await self._xadd(client, [_drop_notice(lost), *batch] if lost else batch)
+                    dropped = self._dropped()
+                    lost = 0 if dropped_at_outage is None else dropped - dropped_at_outage
+                    # Every drop since the last append goes first, as a gap(source) that
+                    # serve passes to every client; after an outage, a record says so too.
+                    told: list[Held] = [LossMark(dropped - reported, "source", {})]
+                    told = (told if dropped > reported else []) + (
+                        [_drop_notice(lost)] if lost else []
+                    )
+                    await self._xadd(client, [*told, *batch])
+                    reported = dropped
                     batch = []
                     backoff.reset()
                     self.link = Link.CONNECTED
@@ -291,7 +308,7 @@ class StreamAppender:
         finally:
             await client.aclose()
 
-    async def _xadd(self, client: Redis, batch: list[LogEntry]) -> None:
+    async def _xadd(self, client: Redis, batch: Sequence[Held]) -> None:
         """Append ``batch`` in order: with :data:`APPEND_SCRIPT` (one command), or, where
         Redis refuses scripts (ACLs, managed services), with a pipeline of ``XADD``."""
         if self._script is None:
@@ -387,6 +404,12 @@ class StreamReader:
         self._moved = asyncio.Event()
         self._acks: OrderedDict[str, str] = OrderedDict()
         self._acks_waiting = asyncio.Event()
+        # Losing entries to trimming (see _count_lost): the stream's entries-added count when
+        # this process had read all of it (None until then), entries read since, and
+        # entries lost but not yet announced.
+        self._added: int | None = None
+        self._read_since = 0
+        self._unannounced = 0
 
     def attach(self, hub: Hub) -> StreamPositions:
         self._hub = hub
@@ -465,7 +488,7 @@ class StreamReader:
             pipe.set(self._ack_key(client_id), wire_id, ex=ACK_TTL)
         await pipe.execute()
 
-    async def run(self, accept: Callable[[list[LogEntry]], None]) -> None:
+    async def run(self, accept: Accept) -> None:
         client = self._client = connect(self.url)
         backoff = Backoff(FIRST_DELAY, MAX_DELAY, jitter=0.0)
         writer = asyncio.create_task(self._write_acks(client))
@@ -500,7 +523,7 @@ class StreamReader:
             _say(f"reading the stream {self.stream!r} at {mask_url(self.url)} after {after}")
             self.link = Link.CONNECTED
 
-    async def _load(self, client: Redis, accept: Callable[[list[LogEntry]], None]) -> None:
+    async def _load(self, client: Redis, accept: Accept) -> None:
         """Load the newest entries the history holds, and where to follow from."""
         positions = self._positions
         assert positions is not None
@@ -515,14 +538,14 @@ class StreamReader:
         if not newest or deleted < _key(newest[0][0]):
             positions.floor = max(positions.floor, deleted)
         self._take(newest, accept)
+        if newest:
+            await self._count_lost(client, _key(newest[-1][0]))
         if not newest and history.maxlen == 0:
             newest = list(await client.xrevrange(self.stream, "+", "-", count=1) or [])
             if newest:
                 positions.seen(_key(newest[0][0]))
 
-    async def _follow(
-        self, client: Redis, accept: Callable[[list[LogEntry]], None], backoff: Backoff
-    ) -> None:
+    async def _follow(self, client: Redis, accept: Accept, backoff: Backoff) -> None:
         positions = self._positions
         assert positions is not None
         while True:
@@ -530,27 +553,76 @@ class StreamReader:
             reply = await client.xread({self.stream: cursor}, count=BATCH, block=BLOCK_MS)
             self._connected(backoff)
             for _stream, items in _stream_items(reply):
-                self._take(items, accept)
+                self._read_since += len(items)
+                if items:
+                    await self._count_lost(client, _key(items[-1][0]))
+                self._take(items, accept, self._lost_before(items))
 
-    def _take(self, items: list[Any], accept: Callable[[list[LogEntry]], None]) -> None:
-        """Accept the records among stream ``items`` (id and fields), in order."""
+    async def _count_lost(self, client: Redis, last: tuple[int, int]) -> None:
+        """Count the entries Redis removed before this process read them (the stream trimmed
+        faster than it was read, or entries deleted), from the stream's ``entries-added``
+        (Redis 7): whenever this process has read up to the stream's newest entry, what was
+        added since it last had, less what it read meanwhile, was lost."""
+        try:
+            info = await client.xinfo_stream(self.stream)
+            added = int(info["entries-added"])
+            newest = _key(info["last-generated-id"])
+        except (RedisError, KeyError, TypeError, ValueError):
+            return  # before Redis 7, or the stream is gone: nothing to go by
+        if newest != last:
+            return  # more came meanwhile: count at the next time it is all read
+        if self._added is not None:
+            self._unannounced += max(0, added - self._added - self._read_since)
+        self._added, self._read_since = added, 0
+
+    def _lost_before(self, items: list[Any]) -> int:
+        """The entries lost to announce in front of ``items`` (then no longer unannounced):
+        all of them, if the id just before the first item is free (after every id read);
+        else none yet, until a batch leaves room (any pause of a millisecond does)."""
+        positions = self._positions
+        assert positions is not None
+        if not self._unannounced or not items or _before(_key(items[0][0])) <= positions.last_seen:
+            return 0
+        lost, self._unannounced = self._unannounced, 0
+        return lost
+
+    def _take(self, items: list[Any], accept: Accept, lost: int = 0) -> None:
+        """Accept the records among stream ``items`` (id and fields), in order, with the
+        losses producers announced among them; ``lost``: entries Redis removed before they
+        were read, told first as ``gap(source)`` (with the id just before the first item)."""
         positions, hub = self._positions, self._hub
         assert positions is not None
         assert hub is not None
-        entries: list[LogEntry] = []
+        entries: list[Held] = []
+        marked = False
         last = positions.last_seen
         for raw_id, fields in items:
             stream_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
             last = max(last, parse_stream_id(stream_id))
             try:
-                entries.append(entry_from_stream(stream_id, fields))
+                entry = entry_from_stream(stream_id, fields)
             except ValueError:
                 hub.records_failed += 1
+                continue
+            if isinstance(entry, LossMark):
+                marked = True
+            if lost:
+                mark = LossMark(lost, "source", {})
+                mark.stream_id = format_stream_id(_before(parse_stream_id(stream_id)))
+                entries.append(mark)
+                marked, lost = True, 0
+            entries.append(entry)
         positions.accepting(entries)
         positions.seen(last)
         if entries:
-            accept(entries)
+            accept(entries, marked)
         self._moved.set()
+
+
+def _before(key: tuple[int, int]) -> tuple[int, int]:
+    """The stream id just before ``key``."""
+    ms, seq = key
+    return (ms, seq - 1) if seq else (ms - 1, 2**64 - 1)
 
 
 def _key(raw_id: object) -> tuple[int, int]:

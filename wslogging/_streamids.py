@@ -15,8 +15,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._history import Gap, History, Resume, SinceError
-from ._wire import LogEntry, dumps, pack_entry, unpack_entry
+from ._history import Gap, Held, History, LossMark, Resume, SinceError
+from ._wire import dumps, pack_entry, unpack_entry
 
 # The field of a stream entry that holds the packed record (see pack_entry).
 FIELD = b"r"
@@ -50,18 +50,22 @@ def format_stream_id(key: StreamKey) -> str:
     return f"{key[0]}-{key[1]}"
 
 
-def stream_value(entry: LogEntry) -> bytes:
-    """What the field :data:`FIELD` of the stream entry that carries ``entry`` holds."""
+def stream_value(entry: Held) -> bytes:
+    """What the field :data:`FIELD` of the stream entry that carries ``entry`` holds: the
+    packed record, or, for a loss a producer announces, ``{"gap": reason, "missed": N}``."""
+    if isinstance(entry, LossMark):
+        return dumps({"gap": entry.reason, "missed": entry.count})
     return dumps(pack_entry(entry))
 
 
-def stream_fields(entry: LogEntry) -> dict[bytes, bytes]:
+def stream_fields(entry: Held) -> dict[bytes, bytes]:
     """The fields of the stream entry that carries ``entry`` (for ``XADD``)."""
     return {FIELD: stream_value(entry)}
 
 
-def entry_from_stream(stream_id: str, fields: Mapping[Any, Any]) -> LogEntry:
-    """The record in a stream entry read back, with ``stream_id`` as its id on the wire.
+def entry_from_stream(stream_id: str, fields: Mapping[Any, Any]) -> Held:
+    """The record (or announced loss) in a stream entry read back, with ``stream_id`` as its
+    id on the wire.
 
     Anyone who can write to the stream can write anything there: raises ``ValueError`` for an
     entry that :func:`stream_fields` did not make (the caller skips and counts it).
@@ -75,7 +79,16 @@ def entry_from_stream(stream_id: str, fields: Mapping[Any, Any]) -> LogEntry:
         packed = json.loads(raw)
     except (ValueError, RecursionError):
         raise ValueError("the record is not JSON") from None
-    entry = unpack_entry(packed)
+    entry: Held
+    if isinstance(packed, dict):
+        missed = packed.get("missed")
+        if packed.get("gap") != "source" or not (
+            missed is None or (type(missed) is int and 0 <= missed < 2**63)
+        ):
+            raise ValueError("a gap entry is {'gap': 'source', 'missed': N or null}")
+        entry = LossMark(missed, "source", {})
+    else:
+        entry = unpack_entry(packed)
     entry.stream_id = stream_id
     return entry
 
@@ -105,7 +118,7 @@ class StreamPositions:
         """The reader has read up to ``key`` (a record, or an entry it skipped)."""
         self.last_seen = max(self.last_seen, key)
 
-    def accepting(self, entries: Sequence[LogEntry]) -> None:
+    def accepting(self, entries: Sequence[Held]) -> None:
         """Note the stream ids of ``entries``, about to be appended to ``history`` in order:
         :attr:`floor` rises to the newest one the ring forgets to make room."""
         history = self.history

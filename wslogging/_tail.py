@@ -370,6 +370,10 @@ class Tail:
             self.cursor = str(frame["id"])
         elif kind == "gap":
             self.printer.gap(frame, data)
+            if frame.get("id") is not None:  # a loss that stands in the stream: resume past it
+                self.cursor = str(frame["id"])
+        elif kind == "position" and frame.get("last_id") is not None:
+            self.cursor = str(frame["last_id"])  # examined this far: nothing more matched
         elif kind == "hello":
             backoff.reset()
             self.problem = ""

@@ -15,7 +15,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 _orjson_dumps: Callable[[Any], bytes] | None
 try:
@@ -508,7 +508,11 @@ def sse_event(data: bytes, *, event_id: str | None = None, event: str | None = N
     return head + b"data: " + data + b"\n\n"
 
 
-SSE_PING = b": ping\n\n"
+def sse_ping(last_id: str) -> bytes:
+    """The heartbeat of a caught-up stream: a comment, and an ``id:`` with no data, which
+    sets the stream's last event id without firing an event (WHATWG HTML, "dispatch the
+    event": an empty data buffer dispatches nothing, the id is kept)."""
+    return b": ping\nid: " + last_id.encode() + b"\n\n"
 
 
 def ws_text_frame_header(length: int) -> bytes:
@@ -521,7 +525,16 @@ def ws_text_frame_header(length: int) -> bytes:
     return b"\x81\x7f" + length.to_bytes(8, "big")
 
 
-def ws_frames(entries: Iterable[LogEntry]) -> bytes:
+class Framed(Protocol):
+    """What :func:`ws_frames` needs of an item: its JSON, made once (records, loss marks)."""
+
+    _data: bytes | None
+
+    @property
+    def data(self) -> bytes: ...
+
+
+def ws_frames(entries: Iterable[Framed]) -> bytes:
     """``entries`` as consecutive WebSocket text frames, ready for one write."""
     parts: list[bytes] = []
     add = parts.append

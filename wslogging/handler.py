@@ -84,6 +84,18 @@ def _port(value: object) -> int:
     return port
 
 
+def _keep_level(value: object) -> int | None:
+    """``keep_level``: a level name or number, or ``None`` / ``""`` for no shedding."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
+        level = logging.getLevelNamesMapping().get(value.strip().upper())
+        if level is None:
+            raise ValueError(f"keep_level must be a level name or number, not {value!r}")
+        return level
+    return int(_number("keep_level", value, int, 0))
+
+
 def _origins(value: str | Iterable[str] | None) -> frozenset[str] | None:
     if value is None:
         return None
@@ -141,6 +153,7 @@ class WebSocketHandler(logging.Handler):
         ssl_keyfile: str | None = None,
         backend: str | None = None,
         stream: str = "wslogging",
+        keep_level: int | str | None = logging.WARNING,
     ) -> None:
         try:
             policy = SlowClientPolicy(slow_client)
@@ -171,6 +184,7 @@ class WebSocketHandler(logging.Handler):
             allow_query_token=_bool("allow_query_token", allow_query_token),
             ssl_certfile=ssl_certfile or None,
             ssl_keyfile=ssl_keyfile or None,
+            keep_level=_keep_level(keep_level),
         )
         appender = _appender(self, backend, stream, options) if backend else None
         # Only now, with every option valid, does the handler join logging's handler list.
@@ -382,6 +396,14 @@ class WebSocketHandler(logging.Handler):
         with self._drop_lock:
             self._dropped += count
 
+    def _lose(self) -> None:
+        """A record lost on its way to the sink, before the hand-off: counted, and, where
+        this process serves, told to clients as ``gap(overflow)`` at this place."""
+        self._count_drop()
+        server = self._server
+        if server is not None and self._sink is server:
+            server.lost(1)
+
     # -- the logging path -----------------------------------------------------------------
 
     def filter(self, record: logging.LogRecord) -> logging.LogRecord | bool:  # type: ignore[override]
@@ -419,7 +441,7 @@ class WebSocketHandler(logging.Handler):
                 return
             self.enqueue(self.prepare(record))
         except Exception:
-            self._count_drop()
+            self._lose()
             self.handleError(record)
 
     def prepare(self, record: logging.LogRecord) -> LogEntry:
@@ -444,7 +466,7 @@ class WebSocketHandler(logging.Handler):
             if len(parked) < REENTRANT_PARKED:
                 parked.append(entry)
             else:
-                self._count_drop()
+                self._lose()
             return
         local["busy"] = True
         try:
@@ -570,6 +592,7 @@ def _appender(
         stream,
         maxlen=options.history,
         queue_size=options.queue_size,
+        keep_level=options.keep_level,
         dropped=lambda: handler._dropped,
         count_drops=handler._count_drop,
     )

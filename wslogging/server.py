@@ -24,7 +24,7 @@ import termios
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -41,8 +41,8 @@ from ._auth import (
     is_loopback_host,
 )
 from ._filters import Filter, FilterError, filter_from_query
-from ._handoff import Handoff
-from ._history import Gap, Resume, SinceError, parse_id
+from ._handoff import Handoff, Lost
+from ._history import Gap, Held, LossMark, Resume, SinceError, parse_id
 from ._hub import Batch, Client, ClientState, Hub, Item, SendPing, SendPong, SlowClientPolicy
 from ._ingest import INGEST_PATH, IngestError
 from ._openapi import openapi_document
@@ -69,9 +69,11 @@ WRITE_SLICE = 256 * 1024
 MAX_CLIENT_ID = 128
 # aiohttp's own frame limit, above ours so that we can answer instead of dropping the socket.
 _WS_READ_LIMIT = 1024 * 1024
-# Records accepted from the queue per turn of the loop before the writers get to run. Also
-# kept to half a client queue, so a client that keeps up never loses records to batching.
-_ACCEPT_BATCH = 1000
+# What _consume takes from the queue at once: everything waiting, up to a quarter of the queue
+# and MAX_BATCH (one batch's work, and the bytes joined for it, hold the GIL and the clients'
+# attention in one go), and never fewer than MIN_BATCH.
+MIN_BATCH = 1000
+MAX_BATCH = 5000
 # Longest rest of the consumer between two batches (see _consume).
 MAX_REST = 0.01
 # Default and largest page of ``GET /api/logs``.
@@ -175,6 +177,8 @@ class ServerOptions:
     allow_query_token: bool
     ssl_certfile: str | None
     ssl_keyfile: str | None
+    # Records below this level are shed first when the app's queue is nearly full; None: not.
+    keep_level: int | None = logging.WARNING
 
 
 @dataclass
@@ -302,8 +306,9 @@ class RecordSource(Protocol):
         """The hub the source feeds (it may count ``records_failed`` there), and the ids
         it serves in exchange."""
 
-    async def run(self, accept: Callable[[list[_wire.LogEntry]], None]) -> None:
-        """Pass records to ``accept`` in order, never awaiting it, until cancelled."""
+    async def run(self, accept: Callable[[Sequence[Held], bool], None]) -> None:
+        """Pass records to ``accept`` in order, never awaiting it, until cancelled; its second
+        argument says whether loss marks are among them."""
 
     def stats(self) -> dict[str, Any]:
         """What ``/api/stats`` adds about the source."""
@@ -324,17 +329,22 @@ class RecordSource(Protocol):
         """Remember (without waiting) that ``client_id`` acknowledged ``wire_id``."""
 
 
-def _message(item: Gap | dict[str, Any]) -> bytes:
+def _message(item: LossMark | Gap | dict[str, Any]) -> bytes:
     """The JSON of a gap or a protocol message."""
+    if isinstance(item, LossMark):
+        return item.data
     if isinstance(item, Gap):
         return _wire.dumps(_wire.gap_message(item.missed, item.reason))
     return _wire.dumps(item)
 
 
-def _sse(item: _wire.LogEntry | Gap | dict[str, Any]) -> bytes:
-    """The SSE event for one queued item (records carry ``id:``; gaps are ``event: gap``)."""
+def _sse(item: Held | Gap | dict[str, Any]) -> bytes:
+    """The SSE event for one queued item (records carry ``id:``; gaps are ``event: gap``, with
+    the ``id:`` of the loss mark when the gap stands in the stream)."""
     if isinstance(item, _wire.LogEntry):
         return _wire.sse_event(item.data, event_id=item.wire_id)
+    if isinstance(item, LossMark):
+        return _wire.sse_event(item.data, event_id=item.wire_id, event="gap")
     kind = "gap" if isinstance(item, Gap) else str(item.get("type", "message"))
     return _wire.sse_event(_message(item), event=kind)
 
@@ -386,7 +396,7 @@ class LogServer:
         self._ids: IdScheme = source.attach(self.hub) if source else CountedIds()
         self.port = 0
         self.thread_id: int | None = None
-        self._handoff: Handoff[_wire.LogEntry] | None = None
+        self._handoff: Handoff[_wire.LogEntry | Lost] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[asyncio.Task[Any]] = set()
@@ -425,7 +435,12 @@ class LogServer:
         # server thread that log call could wait for the lock dictConfig holds around us.
         self._loop = new_event_loop()
         if self._source is None:
-            self._handoff = Handoff(self.options.queue_size, self._loop)
+            self._handoff = Handoff(
+                self.options.queue_size,
+                self._loop,
+                keep_level=self.options.keep_level,
+                mark=True,
+            )
         self.state = ServerState.RUNNING
         self._thread = threading.Thread(
             target=self._run, args=(sock, ssl_context), name="wslogging-server", daemon=True
@@ -446,6 +461,13 @@ class LogServer:
         if handoff is None or self.state is not ServerState.RUNNING:
             return False
         return handoff.put(entry)
+
+    def lost(self, count: int) -> None:
+        """Records lost before they reached :meth:`submit` (any thread, never waiting):
+        clients are told with ``gap(overflow)`` at this place in the stream."""
+        handoff = self._handoff
+        if handoff is not None and self.state is ServerState.RUNNING:
+            handoff.lost(count, "overflow")
 
     def set_keys(self, keys: tuple[str, ...]) -> None:
         """Accept ``keys`` from now on (any thread); streams opened with any other key are
@@ -544,6 +566,13 @@ class LogServer:
         """Move records from the app's queue into the hub, in batches, never awaiting a
         client.
 
+        Each batch is everything waiting (up to a quarter of the queue), taken under one lock.
+        Under an error storm the app's
+        thread holds the GIL but for the switch interval, and every system call this thread
+        makes (a write to a client, the loop's poll) hands it back to the app for up to that
+        long (5 ms by default): the records that come meanwhile must go out with the next
+        batch, however many they are, or the queue overflows while the server sleeps.
+
         Paced by its own cost: after a batch it rests as long as the batch took (at most
         :data:`MAX_REST` seconds) before it takes the next. Fanning a record out to a thousand
         clients costs a thousand writes whether it goes alone or with others, so under load
@@ -551,15 +580,19 @@ class LogServer:
         server spends at most about half its time writing; with few clients the rest is
         next to nothing.
         """
-        assert self._handoff is not None
-        get_batch = self._handoff.get_batch
+        handoff = self._handoff
+        assert handoff is not None
+        get_batch = handoff.get_batch
         accept = self._accept
-        batch = max(1, min(_ACCEPT_BATCH, self.options.client_queue_size // 2))
         clock = time.thread_time  # the work done, not the time spent waiting for the GIL
         # [] once closing, and everything queued has been accepted.
+        batch = max(MIN_BATCH, min(MAX_BATCH, self.options.queue_size // 4))
         while entries := await get_batch(batch):
             began = clock()
-            accept(entries)
+            if handoff.marked:
+                accept([_mark(e) if isinstance(e, Lost) else e for e in entries], marked=True)
+            else:
+                accept(entries)  # type: ignore[arg-type]  # no Lost without marked
             # Also lets the writers run between batches.
             await asyncio.sleep(min(clock() - began, MAX_REST))
 
@@ -577,10 +610,10 @@ class LogServer:
             if client.key not in self._keys:
                 client.kick(*REVOKED)
 
-    def _accept(self, entries: list[_wire.LogEntry]) -> None:
+    def _accept(self, entries: Sequence[Held], marked: bool = False) -> None:
         """:meth:`Hub.accept`, guarded: a bug there must cost one batch, not the stream."""
         try:
-            self.hub.accept(entries)
+            self.hub.accept(entries, marked)
         except Exception as exc:
             self.hub.records_failed += len(entries)
             print(
@@ -762,16 +795,19 @@ class LogServer:
         else:
             start, gap = history.resume(since)
             records, last = history.page(start, history.last_id, flt, limit)
-        # The records' JSON is spliced in as encoded once for everyone, not built again.
+        # The records' JSON is spliced in as encoded once for everyone, not built again. Loss
+        # marks in the page go to "gaps", each with its id: where in the page it stands.
         body = b"".join(
             (
                 b'{"records":[',
-                b",".join(e.data for e in records),
+                b",".join(e.data for e in records if type(e) is not LossMark),
                 b'],"last_id":"',
                 self._ids.wire_id(last).encode(),
                 b'","gap":',
                 b"null" if gap is None else _message(gap),
-                b"}",
+                b',"gaps":[',
+                b",".join(e.data for e in records if type(e) is LossMark),
+                b"]}",
             )
         )
         return web.Response(body=body, content_type="application/json")
@@ -834,10 +870,13 @@ class LogServer:
                             sent += 1
                             if limit is not None and sent >= limit:
                                 break
+                    if not chunk:
+                        # Caught up: the ping carries how far the stream was examined, which
+                        # a reconnecting EventSource then sends back as Last-Event-ID.
+                        last = self._ids.wire_id(self.hub.history.last_id)
+                        chunk.append(_wire.sse_ping(last))
                     await _write_in_slices(
-                        response.write,
-                        b"".join(chunk) if chunk else _wire.SSE_PING,
-                        STALL_HEARTBEATS * heartbeat,
+                        response.write, b"".join(chunk), STALL_HEARTBEATS * heartbeat
                     )
                     if limit is not None and sent >= limit:
                         break
@@ -973,6 +1012,7 @@ class LogServer:
             autoping=True, compress=False, max_msg_size=_ingest.MAX_FRAME + 1024
         )
         stats: ForwarderStats | None = None
+        orderly = False
         try:
             await ws.prepare(request)
             challenge = _ingest.new_nonce()
@@ -1000,20 +1040,33 @@ class LogServer:
             self._ingest_sockets.add(ws)
             stats = self._forwarder_stats(auth.pid)
             await ws.send_str(_ingest.ACCEPTED)
-            await self._ingest_frames(ws, stats)
+            orderly = await self._ingest_frames(ws, stats)
         except (ConnectionError, TimeoutError, RuntimeError):
             pass  # the forwarder went away, or never finished its handshake
         finally:
             self._ingest_sockets.discard(ws)
             if stats is not None:
                 stats.connected = False
+                if not orderly and self.state is ServerState.RUNNING:
+                    # What it still held (and how much it dropped since it last said) is
+                    # lost with it.
+                    self._handoff.lost(None, "source")  # type: ignore[union-attr]
         return ws
 
-    async def _ingest_frames(self, ws: web.WebSocketResponse, stats: ForwarderStats) -> None:
-        assert self._handoff is not None
-        put = self._handoff.put
+    async def _ingest_frames(self, ws: web.WebSocketResponse, stats: ForwarderStats) -> bool:
+        """Take one forwarder's batches and drop counts until its connection ends; whether it
+        ended in order (the forwarder's close frame, or ours).
+
+        Records the forwarder reports it dropped are told to clients as ``gap(source)`` at this
+        place in the stream; so is a connection that ends without the forwarder's close (its
+        process killed, say), with the count unknown: what it still held is lost.
+        """
+        handoff = self._handoff
+        assert handoff is not None
+        put = handoff.put
         errors = 0
-        async for frame in ws:
+        while True:
+            frame = await ws.receive()
             try:
                 if frame.type is WSMsgType.BINARY:
                     entries, bad = _wire.unpack_entries(frame.data)
@@ -1026,16 +1079,21 @@ class LogServer:
                         self.hub.records_failed += bad  # counted as records_failed
                         raise IngestError(f"{bad} malformed record(s) skipped")
                 elif frame.type is WSMsgType.TEXT:
-                    stats.records_dropped = _ingest.parse_dropped(frame.data)
-                elif frame.type is WSMsgType.ERROR:
-                    break  # aiohttp has closed it (a frame over the limit, say)
+                    count = _ingest.parse_dropped(frame.data)
+                    if count > stats.records_dropped:
+                        handoff.lost(count - stats.records_dropped, "source")
+                        stats.records_dropped = count
+                elif frame.type in (WSMsgType.CLOSE, WSMsgType.CLOSING):
+                    return True
+                elif frame.type in (WSMsgType.CLOSED, WSMsgType.ERROR):
+                    return False  # the end of the stream without a close frame, or garbage
                 else:
                     raise IngestError("expected a batch (binary) or a 'dropped' message")
             except (IngestError, ValueError, RecursionError) as exc:
                 errors += 1
                 if errors > _ingest.MAX_ERRORS:
                     await ws.close(code=1008, message=b"too many malformed frames")
-                    break
+                    return True
                 await ws.send_str(_ingest.error_message(str(exc)[:200]))
 
     def _forwarder_stats(self, pid: int) -> ForwarderStats:
@@ -1077,6 +1135,12 @@ class LogServer:
                     descriptors.append(sock.fileno())
         release_descriptors(descriptors)
 
+    def _position(self) -> dict[str, Any]:
+        """How far the stream has been examined for a client that is all caught up: every
+        record up to ``last_id`` was sent to it or did not match its filter, so it resumes
+        after that (SPEC §5), and a gap it hears later counts nothing it has passed."""
+        return {"type": "position", "last_id": self._ids.wire_id(self.hub.history.last_id)}
+
     def _hello(self, flt: Filter) -> dict[str, Any]:
         return {
             "type": "hello",
@@ -1109,6 +1173,8 @@ class LogServer:
                 items = await client.next_batch(heartbeat)
                 if items is None:
                     break
+                if not items and client.filter.filtering:
+                    items.append(self._position())
                 now = loop.time()
                 if liveness.gone(now, lambda: _unsent(transport)):
                     client.cut_off()
@@ -1148,7 +1214,7 @@ class LogServer:
                 async with asyncio.timeout(stall):
                     await (ws.ping() if isinstance(item, SendPing) else ws.pong(item.data))
                 continue
-            data = item.data if isinstance(item, _wire.LogEntry) else _message(item)
+            data = item.data if isinstance(item, _wire.LogEntry | LossMark) else _message(item)
             frames += (_wire.ws_text_frame_header(len(data)), data)
         if frames:
             await _write_in_slices(write, b"".join(frames), stall)
@@ -1201,6 +1267,11 @@ def _writer_now(ws: web.WebSocketResponse, transport: asyncio.Transport) -> Call
         return True
 
     return write_now
+
+
+def _mark(lost: Lost) -> LossMark:
+    """The loss mark that tells clients of ``lost``, at its place in the stream."""
+    return LossMark(lost.count, lost.reason, lost.levels)
 
 
 def release_descriptors(descriptors: list[int]) -> None:
