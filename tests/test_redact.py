@@ -6,11 +6,14 @@ import copy
 import logging
 import logging.config
 import re
+import time
 from typing import Any
 
 import aiohttp
 import pytest
 from conftest import AUTH, connect, dict_config, live_handler, receive_logs
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import wslogging
 from wslogging import RedactingFilter
@@ -71,12 +74,35 @@ def test_fields_can_be_chosen_and_mask_set() -> None:
         ("Authorization: Bearer xyz.abc", "Authorization: Bearer ***"),
         ("GET /x?access_token=s3cr3t&since=4", "GET /x?access_token=***&since=4"),
         ("nothing secret here", "nothing secret here"),
+        ('{"password": "pw with spaces", "n": 1}', '{"password": "***", "n": 1}'),
+        ("{'secret': 'it\\'s long', 'n': 1}", "{'secret': '***', 'n': 1}"),
+        ('{"token": "a\\"b c"}', '{"token": "***"}'),
+        ('"Authorization": "Bearer x y"', '"Authorization": "Bearer ***"'),
+        ('password="never closed', 'password="*** closed'),
+        ('password="" user=bob', 'password="" user=bob'),
     ],
 )
 def test_named_values_in_text_are_masked(text: str, expected: str) -> None:
     """In a message, a named field's value written name=value, name: value or as JSON or a
-    dict repr is masked; an Authorization scheme is kept."""
+    dict repr is masked (a quoted one to its closing quote, spaces and all); an
+    Authorization scheme is kept."""
     assert expected == redact(make_record(text)).getMessage()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("to postgres://admin:PASS@db/app", "to postgres://admin:***@db/app"),
+        ("redis://:PASS@host:6379/0", "redis://:***@host:6379/0"),
+        ("dsn='amqp://u:p@ss@mq'", "dsn='amqp://u:***@mq'"),
+        ("ssh://git@github.com/x", "ssh://git@github.com/x"),
+        ("http://api:8080/u?email=bob@x.com", "http://api:8080/u?email=bob@x.com"),
+    ],
+)
+def test_url_passwords_are_masked(text: str, expected: str) -> None:
+    """The password in a URL's user part is masked, whatever fields are; a user alone, a
+    port and an @ after the host are not passwords."""
+    assert expected == redact(make_record(text), fields=[]).getMessage()
 
 
 def test_patterns_mask_their_match_or_their_groups() -> None:
@@ -108,6 +134,77 @@ def test_structlog_event_dict_stays_a_dict() -> None:
     """A structlog event dict in msg is masked by name and as text, and stays a dict."""
     record = make_record({"event": "login token=abc", "password": "pw", "user": "bob"})
     assert {"event": "login token=***", "password": "***", "user": "bob"} == redact(record).msg
+
+
+# -- time ----------------------------------------------------------------------------------------
+
+# What a request's sender can make an app log, in pieces: secret names, separators, quotes,
+# schemes, URL parts, escapes, and characters of every class the filter tells apart.
+_PIECES = [
+    *("token", "secret_", "password", "Authorization", "api-key", "a", "é", "9"),
+    *("-", ".", "_", "=", ":", " ", "\t", "\n", '"', "'", "\\", "&", ",", ";"),
+    *("Bearer ", "basic ", "://", "@", "/", "?", "#"),
+]
+_UNITS = st.lists(st.sampled_from(_PIECES), min_size=1, max_size=6).map("".join)
+_SECRET = " password=S3CR3T "
+
+
+def best_time(redactor: RedactingFilter, text: str, runs: int) -> float:
+    """The shortest of ``runs`` redactions of a record logging ``text``, in seconds."""
+    record = make_record(text)
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        redactor.filter(record)
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+@settings(
+    max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(prefix=st.lists(st.sampled_from(_PIECES), max_size=4).map("".join), unit=_UNITS)
+def test_adversarial_10kb_is_redacted_fast_and_masked(prefix: str, unit: str) -> None:
+    """Any piece pattern repeated to 10 KB, a secret in the middle, is redacted in well under
+    100 ms (about 1 ms here), and the secret is masked whatever surrounds it."""
+    half = unit * (5_000 // len(unit))
+    text = prefix + half + _SECRET + half
+    redactor = RedactingFilter()
+    assert "S3CR3T" not in redactor.filter(make_record(text)).getMessage()
+    assert best_time(redactor, text, 3) < 0.1
+
+
+@pytest.mark.parametrize(
+    ("prefix", "unit"),
+    [
+        ("GET /", "token"),
+        ("", "secret_"),
+        ("", "a"),
+        ("", "="),
+        ("password", "="),
+        ("", "token: "),
+        ("Authorization: ", "Bearer "),
+        ("", '"password": "'),
+        ('token="', '\\"'),
+        ("", "password=x "),
+        ("", "://u:p@"),
+    ],
+)
+def test_time_grows_linearly(prefix: str, unit: str) -> None:
+    """Doubling an adversarial message at most about doubles the time to redact it (a ratio
+    above 3 fails: linear time gives about 2, quadratic 4). The size grows until one run
+    takes 20 ms, so that timer noise does not count; each time is the best of 5 runs, the
+    two sizes interleaved so that a busy spell of the machine slows both."""
+    redactor = RedactingFilter()
+    count = 1_000 // len(unit)
+    while best_time(redactor, prefix + unit * count, 3) < 0.02 and count < 1 << 20:
+        count *= 2
+    small, large = prefix + unit * count, prefix + unit * (2 * count)
+    times: dict[str, list[float]] = {small: [], large: []}
+    for _ in range(5):
+        for text in times:
+            times[text].append(best_time(redactor, text, 1))
+    assert min(times[large]) / min(times[small]) < 3
 
 
 # -- the record given ------------------------------------------------------------------------

@@ -48,6 +48,61 @@ def test_dir_open_to_others_is_refused(env: dict[str, str]) -> None:
     assert ([], 0o755) == (list(directory.iterdir()), directory.stat().st_mode & 0o777)
 
 
+@pytest.mark.parametrize(
+    ("variables", "cache"),
+    [
+        ({"XDG_CACHE_HOME": "{tmp}/cache", "HOME": "{tmp}/home"}, "{tmp}/cache"),
+        ({"XDG_CACHE_HOME": "relative", "HOME": "{tmp}/home"}, "{tmp}/home/.cache"),
+        ({"HOME": "{tmp}/home", "XDG_RUNTIME_DIR": "{tmp}/missing"}, "{tmp}/home/.cache"),
+    ],
+)
+def test_without_a_runtime_dir_the_cache_home_is_used(
+    tmp_path: Path, variables: dict[str, str], cache: str
+) -> None:
+    """With no (usable) XDG_RUNTIME_DIR the directory is a private one under the user's
+    cache home, one per host, never a name in the shared temporary directory that another
+    user could create first."""
+    env = {name: value.format(tmp=tmp_path) for name, value in variables.items()}
+    _rendezvous.write(HOST, PORT, Rendezvous(1, "s" * 43), env)
+    directory = _rendezvous.private_dir(env)
+    expected = Path(cache.format(tmp=tmp_path)) / "wslogging" / os.uname().nodename
+    assert (expected, 0o700, 1) == (
+        directory,
+        directory.stat().st_mode & 0o777,
+        getattr(_rendezvous.read(HOST, PORT, env), "pid", None),
+    )
+
+
+@pytest.mark.parametrize("taken_by", ["mode", "owner"])
+def test_a_dir_created_first_by_someone_else_is_refused(tmp_path: Path, taken_by: str) -> None:
+    """A rendezvous directory under the cache home that another user made (or made
+    reachable to others) before this user's first process is refused, not used."""
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    directory = _rendezvous.runtime_dir(env)
+    directory.mkdir(mode=0o700, parents=True)
+    if taken_by == "mode":
+        directory.chmod(0o777)
+    elif os.getuid() == 0:
+        os.chown(directory, 65534, 65534)  # nobody's
+    else:
+        pytest.skip("only root can give a directory to another user")
+    problem = "open to other users" if taken_by == "mode" else "belongs to another user"
+    with pytest.raises(RendezvousError, match=problem):
+        _rendezvous.write(HOST, PORT, Rendezvous(1, "s" * 43), env)
+    assert [] == list(directory.iterdir())
+
+
+@pytest.mark.parametrize("where", ["/proc/wslogging", "{tmp}/file/wslogging"])
+def test_a_dir_that_cannot_be_made_is_refused(tmp_path: Path, where: str) -> None:
+    """A directory that cannot be made (/proc takes none, not even root's; a file is no
+    parent) is a RendezvousError naming it, which turns forwarding off, never another
+    error."""
+    (tmp_path / "file").write_text("")
+    env = {_rendezvous.RUNTIME_DIR_ENV: where.format(tmp=tmp_path)}
+    with pytest.raises(RendezvousError, match="cannot use"):
+        _rendezvous.read(HOST, PORT, env)
+
+
 def test_symlinked_dir_is_refused(env: dict[str, str], tmp_path: Path) -> None:
     """A symlink in place of the directory is refused, even to a private directory."""
     target = tmp_path / "elsewhere"

@@ -1,4 +1,5 @@
-"""Pure: mask secrets in a record (named fields, ``name=value`` text, patterns) on a copy."""
+"""Pure: mask secrets in a record (named fields, ``name=value`` text, URL passwords, patterns)
+on a copy, in time linear in the record's size."""
 
 from __future__ import annotations
 
@@ -24,6 +25,45 @@ DEFAULT_FIELDS = (
 )
 DEFAULT_MASK = "***"
 
+# Whoever sends the app a request chooses much of what it logs, and the filter runs on the
+# app's thread: every pattern here is matched in time linear in the text, as a whole. None
+# can start inside a run of the characters it repeats (a key is a whole run of name
+# characters, hence the lookbehind) and none gives back what a repetition took (``*+``,
+# ``++``), so no run is scanned again from each of its positions.
+#
+# A key (group 1: a whole run of name characters) and its separator (``=``, ``:``, ``": "``,
+# ...); group 2 is the quote that opens the value, if any.
+_KEY = re.compile(r"(?<![\w.-])([\w.-]++)[\"']?[ \t]*+[:=][ \t]*+([\"']?)")
+# An Authorization scheme, kept in front of the masked credential.
+_SCHEME = r"(?:bearer|basic|digest|token)[ \t]++"
+_SCHEME_START = re.compile(_SCHEME, re.IGNORECASE)
+# A value without quotes, group 1: up to the next space, quote, ``&``, ``,`` or ``;``.
+_BARE_VALUE = re.compile(rf"(?:{_SCHEME})?([^\s\"'&,;]++)", re.IGNORECASE)
+# The inside of a quoted value, to its closing quote (not an escaped one) or the line's end.
+_QUOTED_BODY = {quote: re.compile(rf"(?:[^\\{quote}\n]|\\.)*+") for quote in "\"'"}
+# A URL's authority, group 1: ``user:password@host:port``.
+_URL_AUTHORITY = re.compile(r"://([^\s/?#\"'<>]*+)")
+
+
+def _value_span(text: str, start: int, quote: str) -> tuple[int, int] | None:
+    """Where the value starting at ``start`` lies, its scheme left out; ``None`` if none.
+
+    After an opening ``quote`` the value runs to the closing one, spaces and all; without a
+    closing quote on the line it is read as a bare value. No text is searched twice for the
+    same quote: an opening quote follows a separator, never a backslash, so any in the text
+    an earlier search went over would have closed that search.
+    """
+    if quote:
+        body = _QUOTED_BODY[quote].match(text, start)  # never None: it may match nothing
+        end = body.end() if body else start
+        if text.startswith(quote, end):
+            if end == start:
+                return None
+            scheme = _SCHEME_START.match(text, start, end)
+            return (scheme.end() if scheme and scheme.end() < end else start), end
+    bare = _BARE_VALUE.match(text, start)
+    return bare.span(1) if bare else None
+
 
 def _name_pattern(names: Iterable[str]) -> str:
     """One alternation for ``names``, ``-`` and ``_`` alike."""
@@ -44,10 +84,16 @@ class RedactingFilter(logging.Filter):
       one of ``fields`` (case-insensitive, ``-`` and ``_`` alike), at any depth of nested
       dicts and lists;
     - in the message, the traceback, the stack and every string value: the value after a
-      named field written as ``name=value``, ``name: value``, ``"name": "value"`` (up to the
-      next space, quote, ``&``, ``,`` or ``;``; an ``Authorization`` scheme such as ``Bearer``
-      is kept), and every match of ``patterns`` (only what a pattern's groups captured when
-      it has groups, else the whole match).
+      named field written as ``name=value``, ``name: value``, ``"name": "value"`` (a quoted
+      value up to its closing quote, spaces and all; any other up to the next space, quote,
+      ``&``, ``,`` or ``;``; an ``Authorization`` scheme such as ``Bearer`` is kept), the
+      password in a URL (``scheme://user:password@host``), and every match of ``patterns``
+      (only what a pattern's groups captured when it has groups, else the whole match).
+
+    Time is linear in the size of the record, whatever its text (the filter runs on the
+    app's thread, and much of what an app logs is chosen by whoever sends it a request), as
+    long as the ``patterns`` given are: Python's ``re`` backtracks, so a pattern such as
+    ``(a+)+$`` is not.
 
     :meth:`filter` never changes the record it is given: it returns a redacted copy. A
     :class:`WebSocketHandler` streams the copy on every Python version; on Python 3.12 and
@@ -74,17 +120,8 @@ class RedactingFilter(logging.Filter):
         self.mask = str(mask)
         self._patterns = [re.compile(p) if isinstance(p, str) else p for p in patterns]
         self._names: re.Pattern[str] | None = None
-        self._pairs: re.Pattern[str] | None = None
         if names:
-            alternation = _name_pattern(names)
-            self._names = re.compile(alternation, re.IGNORECASE)
-            self._pairs = re.compile(
-                rf"(?P<key>[\w.-]*(?:{alternation})[\w.-]*)"
-                r"(?P<sep>[\"']?[ \t]*[:=][ \t]*[\"']?)"
-                r"(?:(?:bearer|basic|digest|token)[ \t]+)?"
-                r"(?P<value>[^\s\"'&,;]+)",
-                re.IGNORECASE,
-            )
+            self._names = re.compile(_name_pattern(names), re.IGNORECASE)
 
     # -- the pieces -------------------------------------------------------------------------
 
@@ -93,9 +130,10 @@ class RedactingFilter(logging.Filter):
         return self._names is not None and isinstance(name, str) and bool(self._names.search(name))
 
     def redact_text(self, text: str) -> str:
-        """``text`` with named values and pattern matches masked."""
-        if self._pairs is not None:
-            text = self._pairs.sub(self._mask_value, text)
+        """``text`` with named values, URL passwords and pattern matches masked."""
+        if self._names is not None:
+            text = self._mask_named_values(text, self._names)
+        text = _URL_AUTHORITY.sub(self._mask_userinfo, text)
         for pattern in self._patterns:
             text = pattern.sub(self._mask_match, text)
         return text
@@ -117,11 +155,26 @@ class RedactingFilter(logging.Filter):
             return [self._redact_plain(v) for v in value]
         return value
 
-    def _mask_value(self, match: re.Match[str]) -> str:
-        start, end = match.span("value")
-        whole = match.group(0)
-        offset = match.start()
-        return whole[: start - offset] + self.mask + whole[end - offset :]
+    def _mask_named_values(self, text: str, names: re.Pattern[str]) -> str:
+        # One pass from left to right: each key is looked at once, a masked value is skipped.
+        out: list[str] = []
+        copied = position = 0
+        while (key := _KEY.search(text, position)) is not None:
+            position = key.end()
+            if names.search(key.group(1)) is None:
+                continue
+            span = _value_span(text, position, key.group(2))
+            if span is not None:
+                out += (text[copied : span[0]], self.mask)
+                copied = position = span[1]
+        return "".join((*out, text[copied:])) if out else text
+
+    def _mask_userinfo(self, match: re.Match[str]) -> str:
+        userinfo, at, host = match.group(1).rpartition("@")
+        user, colon, password = userinfo.partition(":")
+        if not (at and colon and password):
+            return match.group(0)
+        return f"://{user}:{self.mask}@{host}"
 
     def _mask_match(self, match: re.Match[str]) -> str:
         if not match.re.groups:

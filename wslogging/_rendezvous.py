@@ -7,9 +7,12 @@ so that a process taking the port over keeps accepting it. Other processes of th
 the same host read it to forward their records; nobody else can read or plant it.
 
 The directory is ``$WSLOGGING_RUNTIME_DIR`` when set, else ``$XDG_RUNTIME_DIR/wslogging``,
-else ``<tempdir>/wslogging-<uid>``. It is created with mode 0700; one that is a symlink,
-belongs to another user or is open to the group or others is refused
-(:class:`RendezvousError`), and so is a file that is. Files are written whole (a temporary
+else ``<cache>/wslogging/<hostname>``, ``<cache>`` being ``$XDG_CACHE_HOME`` or
+``~/.cache``: a place other users cannot create first (as they could a name in the shared
+temporary directory, and so stop forwarding), and one per host, since a home directory may
+be shared between hosts whose processes do not reach each other. It is created with mode
+0700; one that is a symlink, belongs to another user or is open to the group or others is
+refused (:class:`RendezvousError`), and so is a file that is. Files are written whole (a temporary
 file, then a rename) and opened with ``O_NOFOLLOW``.
 """
 
@@ -18,10 +21,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import re
 import secrets
 import stat
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -71,14 +74,33 @@ def new_secret() -> str:
 
 
 def runtime_dir(environ: Mapping[str, str] = os.environ) -> Path:
-    """The directory rendezvous files live in (not created or checked here)."""
+    """The directory rendezvous files live in (not created or checked here);
+    :class:`RendezvousError` if there is neither a runtime directory nor a home."""
     configured = environ.get(RUNTIME_DIR_ENV, "").strip()
     if configured:
         return Path(configured)
     xdg = environ.get("XDG_RUNTIME_DIR", "").strip()
     if xdg and os.path.isabs(xdg) and os.path.isdir(xdg):
         return Path(xdg) / "wslogging"
-    return Path(tempfile.gettempdir()) / f"wslogging-{os.getuid()}"
+    host = _UNSAFE_NAME.sub("_", os.uname().nodename) or "localhost"
+    return _cache_home(environ) / "wslogging" / host
+
+
+def _cache_home(environ: Mapping[str, str]) -> Path:
+    """``$XDG_CACHE_HOME``, else ``~/.cache`` (relative paths are ignored, as the XDG base
+    directory specification says)."""
+    cache = environ.get("XDG_CACHE_HOME", "").strip()
+    if os.path.isabs(cache):
+        return Path(cache)
+    home = environ.get("HOME", "").strip()
+    if not os.path.isabs(home):
+        with contextlib.suppress(KeyError):  # a user id with no account (some containers)
+            home = pwd.getpwuid(os.getuid()).pw_dir
+    if not os.path.isabs(home):
+        raise RendezvousError(
+            f"no directory for rendezvous files: set XDG_RUNTIME_DIR or {RUNTIME_DIR_ENV}"
+        )
+    return Path(home) / ".cache"
 
 
 def _check_private(info: os.stat_result, what: str, path: Path) -> None:
@@ -95,9 +117,9 @@ def private_dir(environ: Mapping[str, str] = os.environ) -> Path:
     """The rendezvous directory, created 0700 if missing; :class:`RendezvousError` if it is
     not a directory of this user's that only this user can reach."""
     path = runtime_dir(environ)
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700, parents=True)
     try:
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700, parents=True)
         info = os.lstat(path)
     except OSError as exc:
         raise RendezvousError(f"cannot use {path}: {exc.strerror}") from None
