@@ -106,13 +106,7 @@ def _add_tail(commands: Any) -> None:
             "server could not keep are announced with a gap line. Ctrl-C stops it."
         ),
     )
-    tail.add_argument(
-        "url",
-        nargs="?",
-        default=_tail.DEFAULT_URL,
-        help="the app's base URL (http, https, ws or wss; default: %(default)s)",
-    )
-    tail.add_argument("--key", help=f"API key (default: ${KEY_ENV}, its first key)")
+    _add_server(tail)
     filters = tail.add_argument_group("filters (applied by the server)")
     filters.add_argument("--level", help="minimum level: a name (warning) or a number (30)")
     filters.add_argument(
@@ -163,6 +157,21 @@ def _add_tail(commands: Any) -> None:
     output.add_argument("-q", "--quiet", action="store_true", help="no status lines on stderr")
     tail.add_argument("--cafile", metavar="PEM", help="CA certificates to verify https/wss with")
     tail.set_defaults(func=_run_tail)
+
+
+def _add_server(command: argparse.ArgumentParser) -> None:
+    """The arguments that name the server a client command asks, and its key."""
+    command.add_argument(
+        "url",
+        nargs="?",
+        default=_tail.DEFAULT_URL,
+        help="the app's base URL (http, https, ws or wss; default: %(default)s)",
+    )
+    command.add_argument(
+        "--key",
+        help=f"API key (default: ${KEY_ENV}, its first key, which keeps it out of the "
+        "process list)",
+    )
 
 
 def _count(text: str) -> int:
@@ -398,17 +407,7 @@ def _add_mcp(commands: Any) -> None:
             "pip install 'wslogging[mcp]'."
         ),
     )
-    mcp.add_argument(
-        "url",
-        nargs="?",
-        default=_tail.DEFAULT_URL,
-        help="the server's base URL (http or https; default: %(default)s)",
-    )
-    mcp.add_argument(
-        "--key",
-        help=f"API key (default: ${KEY_ENV}, its first key; the variable keeps it out of the "
-        "process list)",
-    )
+    _add_server(mcp)
     mcp.add_argument("--cafile", metavar="PEM", help="CA certificates to verify https with")
     mcp.set_defaults(func=_run_mcp)
 
