@@ -202,6 +202,21 @@ async def test_wait_for_logs_is_empty_at_the_timeout(handler: wslogging.WebSocke
     assert text.startswith("No matching record within 0.5 s.")
 
 
+async def test_wait_for_logs_with_a_tiny_timeout_returns(
+    handler: wslogging.WebSocketHandler,
+) -> None:
+    """A timeout that has passed before the first frame is read ends the wait, rather than
+    waiting for a frame without end (aiohttp reads a timeout of 0 as none), and still gives
+    the id to go on from."""
+    async with mcp_client(handler.url) as client:
+        _, before = await call(client, "get_logs")
+        text, data = await call(client, "wait_for_logs", grep="ready", timeout=1e-6)
+
+    assert [] == data["records"]
+    assert before["next_since"] == data["next_since"]
+    assert text.startswith("No matching record within")
+
+
 async def test_wait_for_logs_since_misses_nothing_between_calls(
     handler: wslogging.WebSocketHandler,
 ) -> None:

@@ -28,6 +28,7 @@ Decisions a model (and its user) sees, also in the README:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 import sys
@@ -371,29 +372,36 @@ class LogsClient:
             self.unreachable(exc)
         page = Page()
         cursor = since
+        hello = False
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
-        async with ws:
-            while len(page.records) < limit:
-                try:
-                    message = await ws.receive(timeout=max(0.0, end - loop.time()))
-                except TimeoutError:
-                    break
-                if message.type is not aiohttp.WSMsgType.TEXT:
-                    if page.records:
-                        break  # what arrived is the answer; the next call reconnects
-                    self._closed(ws, message)
-                frame = json.loads(message.data)
-                kind = frame.get("type")
-                if kind == "hello" and cursor is None:
-                    cursor = str(frame["last_id"])
-                elif kind == "log":
-                    if not page.records:
-                        end = min(end, loop.time() + SETTLE)
-                    page.add_record(frame)
-                    cursor = str(frame["id"])
-                elif kind == "gap":
-                    page.add_gap(frame)
+        # One deadline around the reads (aiohttp takes a receive timeout of 0 for none, so a
+        # timeout per read could wait without end): first for the hello, whatever the wait
+        # asked for, so that there is an id to go on from; then the wait's; then, from the
+        # first record on, SETTLE more.
+        with contextlib.suppress(TimeoutError):
+            async with ws, asyncio.timeout(HTTP_TIMEOUT) as deadline:
+                while len(page.records) < limit:
+                    message = await ws.receive()
+                    if message.type is not aiohttp.WSMsgType.TEXT:
+                        if page.records:
+                            break  # what arrived is the answer; the next call reconnects
+                        self._closed(ws, message)
+                    frame = json.loads(message.data)
+                    kind = frame.get("type")
+                    if kind == "hello":
+                        hello = True
+                        cursor = cursor or str(frame["last_id"])
+                        deadline.reschedule(end)
+                    elif kind == "log":
+                        if not page.records:
+                            deadline.reschedule(min(end, loop.time() + SETTLE))
+                        page.add_record(frame)
+                        cursor = str(frame["id"])
+                    elif kind == "gap":
+                        page.add_gap(frame)
+        if not hello:
+            raise ToolError(f"the server at {self.base} did not start the stream; retry")
         return page, cursor or ""
 
     def _closed(self, ws: aiohttp.ClientWebSocketResponse, message: aiohttp.WSMessage) -> NoReturn:
