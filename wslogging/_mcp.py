@@ -239,36 +239,37 @@ class Page:
     """Records and gaps in the order the server sent them, fitted to :data:`RESULT_BUDGET`."""
 
     def __init__(self) -> None:
-        self.items: list[tuple[dict[str, Any], str]] = []  # (record or gap, its text)
+        # (is it a record, the record or gap, its text)
+        self.items: list[tuple[bool, dict[str, Any], str]] = []
         self.gaps: list[dict[str, Any]] = []
 
     def add_record(self, frame: dict[str, Any]) -> None:
         record = bounded_record(frame)
-        self.items.append((record, record_text(record)))
+        self.items.append((True, record, record_text(record)))
 
     def add_gap(self, frame: dict[str, Any]) -> None:
         gap = _gap(frame)
         self.gaps.append(gap)
-        self.items.append((gap, gap_text(gap)))
+        self.items.append((False, gap, gap_text(gap)))
 
     @property
     def records(self) -> list[dict[str, Any]]:
-        return [item for item, _ in self.items if "id" in item]
+        return [item for is_record, item, _ in self.items if is_record]
 
     def fit(self, keep: Literal["first", "last"]) -> int:
         """Leave out the records past the budget, from the end (``first``: the oldest are
         kept) or from the start (``last``); at least one record stays. Returns how many
         were left out."""
         order = self.items if keep == "first" else self.items[::-1]
-        kept: list[tuple[dict[str, Any], str]] = []
-        used = left_out = 0
-        for item, text in order:
-            is_record = "id" in item
-            if is_record and (left_out or (kept and used + len(text) > RESULT_BUDGET)):
+        kept: list[tuple[bool, dict[str, Any], str]] = []
+        used = left_out = records = 0
+        for is_record, item, text in order:
+            if is_record and (left_out or (records and used + len(text) > RESULT_BUDGET)):
                 left_out += 1
                 continue
             used += len(text) + 1
-            kept.append((item, text))
+            records += is_record
+            kept.append((is_record, item, text))
         self.items = kept if keep == "first" else kept[::-1]
         return left_out
 
@@ -286,7 +287,7 @@ class Page:
             }
         ).model_dump(mode="json")
         lines = [f"{summary} Now {now}; next_since={next_since}."]
-        lines += [text for _, text in self.items]
+        lines += [text for _, _, text in self.items]
         text = "\n".join(lines)
         return CallToolResult(
             content=[TextContent(type="text", text=text)], structured_content=data
