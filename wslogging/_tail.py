@@ -27,7 +27,7 @@ import re
 import signal
 import ssl
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn, TextIO
@@ -103,6 +103,15 @@ def stream_url(url: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
 
 
+def api_url(stream: str, path: str) -> str:
+    """The http(s) URL of the endpoint at ``path`` (``/api/logs``) of the server whose stream
+    URL (from :func:`stream_url`) is ``stream``, behind the same path prefix."""
+    parts = urlsplit(stream)
+    prefix = parts.path[: -len(STREAM_PATH)]
+    scheme = parts.scheme.replace("ws", "http", 1)
+    return urlunsplit(parts._replace(scheme=scheme, path=prefix + path))
+
+
 def parse_fields(pairs: Iterable[str]) -> dict[str, str]:
     """``--field KEY=VALUE`` options as a mapping; raises :class:`TailError` on a bad one."""
     fields: dict[str, str] = {}
@@ -134,30 +143,51 @@ class Options:
     cafile: str | None = None
 
     def query(self) -> list[tuple[str, str]]:
-        """The filter as query parameters, checked here first so that a mistake gets the
-        same clear message the server would give, before any connection is made."""
-        fields = parse_fields(self.fields)
-        try:
-            build_filter(
-                level=self.level,
-                loggers=self.loggers,
-                categories=self.categories,
-                grep=self.grep,
-                fields=fields,
-                pids=self.pids,
-            )
-        except FilterError as exc:
-            raise TailError(str(exc)) from None
-        query: list[tuple[str, str]] = []
-        if self.level:
-            query.append(("level", self.level))
-        query += [("logger", name) for name in self.loggers]
-        query += [("category", name) for name in self.categories]
-        if self.grep:
-            query.append(("grep", self.grep))
-        query += [(f"field.{key}", value) for key, value in fields.items()]
-        query += [("pid", pid) for pid in self.pids]
-        return query
+        """The filter as query parameters (see :func:`filter_query`)."""
+        return filter_query(
+            level=self.level,
+            loggers=self.loggers,
+            categories=self.categories,
+            grep=self.grep,
+            fields=parse_fields(self.fields),
+            pids=self.pids,
+        )
+
+
+def filter_query(
+    *,
+    level: str | None = None,
+    loggers: Sequence[str] = (),
+    categories: Sequence[str] = (),
+    grep: str | None = None,
+    fields: Mapping[str, str] | None = None,
+    pids: Sequence[str] = (),
+) -> list[tuple[str, str]]:
+    """A filter as the query parameters of ``/ws/logs`` and ``/api/logs``, checked here first
+    so that a mistake gets the same clear message the server would give (as
+    :class:`TailError`), before any connection is made."""
+    fields = fields or {}
+    try:
+        build_filter(
+            level=level,
+            loggers=loggers,
+            categories=categories,
+            grep=grep,
+            fields=fields,
+            pids=pids,
+        )
+    except FilterError as exc:
+        raise TailError(str(exc)) from None
+    query: list[tuple[str, str]] = []
+    if level:
+        query.append(("level", level))
+    query += [("logger", name) for name in loggers]
+    query += [("category", name) for name in categories]
+    if grep:
+        query.append(("grep", grep))
+    query += [(f"field.{key}", value) for key, value in fields.items()]
+    query += [("pid", pid) for pid in pids]
+    return query
 
 
 def _clean(text: str) -> str:
@@ -293,9 +323,7 @@ class Tail:
 
     async def _backlog(self, session: aiohttp.ClientSession) -> None:
         """Print the newest ``--lines`` records from history, and follow on from there."""
-        http = urlsplit(self.url)
-        path = http.path[: -len(STREAM_PATH)] + "/api/logs"
-        base = urlunsplit(http._replace(scheme=http.scheme.replace("ws", "http", 1), path=path))
+        base = api_url(self.url, "/api/logs")
         url = self._with_query(base, [("limit", str(self.options.lines))])
         try:
             async with session.get(url, ssl=self.ssl) as response:

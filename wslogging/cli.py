@@ -1,5 +1,5 @@
-"""The ``wslogging`` command line (also ``python -m wslogging``): ``tail``, ``demo`` and
-``serve``."""
+"""The ``wslogging`` command line (also ``python -m wslogging``): ``tail``, ``demo``,
+``serve`` and ``mcp``."""
 
 from __future__ import annotations
 
@@ -91,6 +91,7 @@ def build_parser(prog: str = "wslogging") -> argparse.ArgumentParser:
     demo.set_defaults(func=_run_demo)
     _add_tail(commands)
     _add_serve(commands)
+    _add_mcp(commands)
     return parser
 
 
@@ -105,13 +106,7 @@ def _add_tail(commands: Any) -> None:
             "server could not keep are announced with a gap line. Ctrl-C stops it."
         ),
     )
-    tail.add_argument(
-        "url",
-        nargs="?",
-        default=_tail.DEFAULT_URL,
-        help="the app's base URL (http, https, ws or wss; default: %(default)s)",
-    )
-    tail.add_argument("--key", help=f"API key (default: ${KEY_ENV}, its first key)")
+    _add_server(tail)
     filters = tail.add_argument_group("filters (applied by the server)")
     filters.add_argument("--level", help="minimum level: a name (warning) or a number (30)")
     filters.add_argument(
@@ -162,6 +157,21 @@ def _add_tail(commands: Any) -> None:
     output.add_argument("-q", "--quiet", action="store_true", help="no status lines on stderr")
     tail.add_argument("--cafile", metavar="PEM", help="CA certificates to verify https/wss with")
     tail.set_defaults(func=_run_tail)
+
+
+def _add_server(command: argparse.ArgumentParser) -> None:
+    """The arguments that name the server a client command asks, and its key."""
+    command.add_argument(
+        "url",
+        nargs="?",
+        default=_tail.DEFAULT_URL,
+        help="the app's base URL (http, https, ws or wss; default: %(default)s)",
+    )
+    command.add_argument(
+        "--key",
+        help=f"API key (default: ${KEY_ENV}, its first key, which keeps it out of the "
+        "process list)",
+    )
 
 
 def _count(text: str) -> int:
@@ -377,6 +387,41 @@ def _serve_until_stopped(server: Any, timeout: float) -> int:
             signal.signal(sig, handler)
         server.close(timeout)
     return EXIT_INTERRUPTED if received[0] == signal.SIGINT else 0
+
+
+# -- wslogging mcp ------------------------------------------------------------------------
+
+MCP_MISSING = "wslogging mcp needs the mcp extra: pip install 'wslogging[mcp]'"
+
+
+def _add_mcp(commands: Any) -> None:
+    mcp = commands.add_parser(
+        "mcp",
+        help="let AI assistants read the logs (a Model Context Protocol server over stdio)",
+        description=(
+            "A Model Context Protocol server on stdin/stdout, for AI assistants and coding "
+            "agents (Claude Code, Cursor, VS Code, ...): their MCP client starts it and calls "
+            "its tools get_logs (recent records, filtered), wait_for_logs (returns as soon as "
+            "matching records are logged) and get_stats, which ask the running wslogging "
+            "server at URL. Results are bounded for a model's context. Needs the mcp extra: "
+            "pip install 'wslogging[mcp]'."
+        ),
+    )
+    _add_server(mcp)
+    mcp.add_argument("--cafile", metavar="PEM", help="CA certificates to verify https with")
+    mcp.set_defaults(func=_run_mcp)
+
+
+def _run_mcp(args: argparse.Namespace) -> int:
+    try:
+        from . import _mcp
+    except ImportError as exc:
+        if exc.name is None or exc.name.partition(".")[0] not in ("mcp", "pydantic"):
+            raise
+        print(MCP_MISSING, file=sys.stderr)
+        return EXIT_USAGE
+    keys = configured_keys(args.key, KEY_ENV, os.environ)
+    return _mcp.run(args.url, keys[0] if keys else None, args.cafile)
 
 
 # -- wslogging demo -----------------------------------------------------------------------
