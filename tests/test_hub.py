@@ -543,7 +543,8 @@ async def test_a_slow_client_that_forgets_a_mark_counts_what_it_announced() -> N
     client = hub.connect(Filter(), None)
     entries = [make_entry("a"), LossMark(10, "overflow", {}), make_entry("b"), make_entry("c")]
 
-    hub.accept(entries, marked=True)
+    hub.accept(entries[:2], marked=True)
+    hub.accept(entries[2:])
 
     assert ([Gap(1 + 10, "slow_client"), entries[2], entries[3]], 1) == (
         await drain(client),
@@ -551,11 +552,24 @@ async def test_a_slow_client_that_forgets_a_mark_counts_what_it_announced() -> N
     )
 
 
+async def test_a_batch_larger_than_a_client_queue_fits_whole() -> None:
+    """A client that has taken everything loses nothing to the size of a batch: the server
+    bounds batches, the client queue bounds how far behind a client may fall."""
+    hub = make_hub(client_queue_size=2)
+    client = hub.connect(Filter(), None)
+    entries = [make_entry(f"m{n}") for n in range(5)]
+
+    hub.accept(entries)
+
+    assert (entries, 0) == (await drain(client), hub.client_drops)
+
+
 async def test_a_forgotten_mark_of_unknown_size_makes_the_slow_client_gap_unknown() -> None:
     hub = make_hub(client_queue_size=1)
     client = hub.connect(Filter(), None)
     entries = [LossMark(None, "source", {}), make_entry("a")]
 
-    hub.accept(entries, marked=True)
+    hub.accept(entries[:1], marked=True)
+    hub.accept(entries[1:])
 
     assert [Gap(None, "slow_client"), entries[1]] == await drain(client)

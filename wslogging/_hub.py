@@ -79,8 +79,8 @@ class ClientState(enum.Enum):
 class Client:
     """One connected stream: its filter, its replay cursor and its bounded send queue.
 
-    Bounded: at most ``maxlen`` live records wait for the writer. When full, the
-    ``drop`` policy forgets the oldest (counted, and reported to this client as a
+    Bounded: at most ``maxlen`` live records wait for the writer (or one batch, if a batch
+    is larger: it always fits whole). When full, the ``drop`` policy forgets the oldest (counted, and reported to this client as a
     ``gap(slow_client)`` before the next record it gets); ``disconnect`` closes it
     (code 1008). Replay after ``since`` is read from history as the writer goes, so it
     takes no queue space; records that left history meanwhile become a ``gap(history)``.
@@ -119,7 +119,7 @@ class Client:
         self.write_now: Callable[[Batch], bool] | None = None
         # Whether the writer is waiting for something to send (nothing in flight).
         self._writer_idle = False
-        self._queue: deque[Held] = deque(maxlen=maxlen)
+        self._queue: deque[Held] = deque()
         # Loss marks in _queue (0 nearly always: then records leave it without a look).
         self._marks_queued = 0
         self._control: list[Item] = first
@@ -152,19 +152,22 @@ class Client:
             and self.write_now(entries)
         ):
             return
-        overflow = len(queue) + len(entries) - self.maxlen
+        # One batch always fits whole, however large (the server bounds batches): a client
+        # that had taken everything before it loses nothing to batching.
+        overflow = len(queue) + len(entries) - max(self.maxlen, len(entries))
         if overflow > 0:
             if self.policy is SlowClientPolicy.DISCONNECT:
-                queue.extend(entries[: len(entries) - overflow])  # kick() counts them
+                queue.extend(entries)  # kick() counts them
                 self.kick(1008, "client too slow: its queue is full")
                 return
-            if self._marks_queued or entries.marks:
-                self._forget(itertools.islice(itertools.chain(queue, entries), overflow))
+            if self._marks_queued:
+                self._forget(itertools.islice(queue, overflow))
             else:
                 self.dropped += overflow
                 self.hub.client_drops += overflow
+            self._queue = queue = deque(itertools.islice(queue, overflow, None))
         self._marks_queued += entries.marks
-        queue.extend(entries)  # a deque with a maxlen: forgets the oldest beyond it
+        queue.extend(entries)
         self._wake.set()
 
     def _forget(self, items: Iterable[Held]) -> None:
@@ -197,7 +200,7 @@ class Client:
         """Replace the filter now: queued records that the new filter rejects are dropped
         (not counted: the client asked), so everything after the reply obeys it."""
         self.filter = flt
-        self._queue = deque(select(flt, self._queue), maxlen=self.maxlen)
+        self._queue = deque(select(flt, self._queue))
 
     def kick(self, code: int, reason: str) -> None:
         """Close this client with ``code``: cleanly if its writer is free, else cut it off

@@ -401,6 +401,10 @@ class LogsClient:
                         cursor = str(frame["id"])
                     elif kind == "gap":
                         page.add_gap(frame)
+                        if frame.get("id") is not None:  # it stands in the stream: past it
+                            cursor = str(frame["id"])
+                    elif kind == "position" and not page.records:
+                        cursor = str(frame["last_id"])  # examined this far, nothing matched
         if not hello:
             raise ToolError(f"the server at {self.base} did not start the stream; retry")
         return page, cursor or ""
@@ -507,6 +511,9 @@ def build_server(client: LogsClient) -> MCPServer:
         page = Page()
         if answer.get("gap"):
             page.add_gap(answer["gap"])
+        # Losses that stand among the records (overflow, source), told before them.
+        for gap in answer.get("gaps", []):
+            page.add_gap(gap)
         for frame in answer["records"]:
             page.add_record(frame)
         next_since = str(answer["last_id"])
