@@ -25,6 +25,8 @@ from emit import queue_socket_case, wait_until
 import wslogging
 
 WARNING_EVERY = 100
+# Seconds without a frame after which a reader is taken to have got all it will get.
+SETTLE = 5.0
 
 
 def counting_readers(url: str, readers: int, counts: Any, ready: Any, done: Any) -> None:
@@ -112,9 +114,9 @@ def wsl_run(records: int, readers: int, **options: Any) -> dict[str, Any]:
     seconds = storm(logger, records)
     result: dict[str, Any] = {"loop_s": seconds}
     if readers:
-        # Settled once nothing more arrives for a second (or every record is accounted for).
+        # Settled once nothing more arrives for SETTLE seconds (or all is accounted for).
         last, still = -1, time.monotonic()
-        while sum(counts) < records and time.monotonic() - still < 1.0:
+        while sum(counts) < records and time.monotonic() - still < SETTLE:
             if sum(counts) != last:
                 last, still = sum(counts), time.monotonic()
             time.sleep(0.01)
