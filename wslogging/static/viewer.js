@@ -942,7 +942,8 @@
     }
     const oldest = state.entries.find((e) => e.kind === "log");
     if (entry === oldest && oldest.ms >= from + 1000) {
-      say(`The records of ${when} are no longer in the page; the oldest shown is from ${shortTime(new Date(oldest.ms).toISOString())}`);
+      const since = shortTime(new Date(oldest.ms).toISOString());
+      say(`The records of ${when} are no longer in the page; the oldest shown is from ${since}`);
     } else {
       say(`Records from ${when}`);
     }
