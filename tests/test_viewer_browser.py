@@ -83,9 +83,12 @@ def page(new_page: Callable[..., Page]) -> Page:
     return new_page()
 
 
-def open_viewer(page: Page, handler: wslogging.WebSocketHandler, key: str = KEY) -> None:
-    """Load the page, enter the key, and wait until the stream is live."""
-    page.goto(f"{handler.url}/")
+def open_viewer(
+    page: Page, handler: wslogging.WebSocketHandler, key: str = KEY, view: str = ""
+) -> None:
+    """Load the page (with ``view``, its query string), enter the key, and wait until the
+    stream is live."""
+    page.goto(f"{handler.url}/{view}")
     page.fill("#key", key)
     page.press("#key", "Enter")
     expect(page.locator("body")).to_have_attribute("data-conn", "live")
@@ -667,10 +670,7 @@ def test_a_link_with_a_refused_filter_shows_everything(
     """A filter in the link that the server refuses is reported, and the page shows every
     record instead of retrying for ever."""
     log.info("shown anyway")
-    page.goto(f"{handler.url}/?level=LOUD")
-    page.fill("#key", KEY)
-    page.press("#key", "Enter")
-    expect(page.locator("body")).to_have_attribute("data-conn", "live")
+    open_viewer(page, handler, view="?level=LOUD")
     expect(page.locator("#log .warn")).to_contain_text("Filter refused by the server (")
     expect(rows(page, "shown anyway")).to_have_count(1)
     assert "level" not in page.url
@@ -789,9 +789,7 @@ def test_copy_a_record_and_open_a_link_to_it(
     assert KEY not in link
 
     other = new_page(viewport={"width": 800, "height": 400})
-    other.goto(link)
-    other.fill("#key", KEY)
-    other.press("#key", "Enter")
+    open_viewer(other, handler, view=link.removeprefix(f"{handler.url}/"))
     target = rows(other, "record 150")
     expect(target).to_have_attribute("data-target", "true")
     expect(target).to_be_focused()
@@ -815,9 +813,7 @@ def test_a_link_to_a_record_no_longer_kept_says_so(configure: Configure, page: P
         log.info("later %d", n)
     wait_until(lambda: 201 == hub.stats()["records_accepted"])
     linked = hub.history.first_id
-    page.goto(f"{handler.url}/?around={linked}")
-    page.fill("#key", KEY)
-    page.press("#key", "Enter")
+    open_viewer(page, handler, view=f"?around={linked}")
     expect(page.locator("#log .warn")).to_have_text(
         f"— Record {linked} is no longer in the server's history: "
         "showing the oldest records it still has —"
@@ -868,3 +864,21 @@ def test_5000_records_a_second_with_the_chart_keep_the_page_bounded(
     assert MAX_ROWS == page.locator("#log > *").count()
     assert gap < 1000
     assert heap < 50
+
+
+def test_hostile_escapes_cost_linear_time_and_bounded_spans(
+    handler: wslogging.WebSocketHandler, page: Page
+) -> None:
+    """Unterminated string sequences by the hundred thousand are read once, not once each;
+    thousands of colour changes make at most 256 styled spans, the rest plain text."""
+    open_viewer(page, handler)
+    started = time.monotonic()
+    log.info("open %s", "\x1b]x" * 100_000)  # each introducer dropped, each x shown
+    log.info("many %s", "\x1b[31ma\x1b[32mb" * 5000)
+    expect(rows(page, "many ")).to_have_count(1)
+    # Read once: well under a second; read again for each introducer: half a minute.
+    assert time.monotonic() - started < TIMEOUT / 2
+    assert "open " + "x" * 100_000 == rows(page, "open ").locator(".m").text_content()
+    many = rows(page, "many ").locator(".m")
+    assert "many " + "ab" * 5000 == many.text_content()
+    assert 256 == many.locator(".sgr").count()
