@@ -147,7 +147,7 @@
         const params = filterParams(new URLSearchParams({ limit: String(HISTORY) }));
         const page = await api(`api/logs?${params}`, "GET");
         if (!current()) return;
-        for (const record of page.records) onLog(record);
+        showPage(page.records, page.gaps);
         state.lastId = page.last_id;
       }
       // Tickets are single-use: every connection gets a fresh one.
@@ -205,22 +205,33 @@
       return api(`api/logs?${params}`, "GET");
     };
     let records = [];
+    let gaps = [];
     let found = false;
     let after = null;
     if (key) {
       after = await page(idText(previousKey(key)));
       found = !after.gap && after.records.length > 0 && after.records[0].id === target;
       records = after.records;
+      gaps = after.gaps || [];
     }
     if (found) {
       const before = await page(idText(earlierKey(key)));
       const reached = idKey(String(before.last_id));
       if (reached && compareKeys(reached, previousKey(key)) >= 0) {
-        const older = before.records.filter((record) => {
-          const k = idKey(String(record.id));
-          return k && compareKeys(k, key) < 0;
-        });
-        records = older.slice(-AROUND_BEFORE).concat(records);
+        const older = (items) =>
+          items.filter((item) => {
+            const k = idKey(String(item.id));
+            return k && compareKeys(k, key) < 0;
+          });
+        const shown = older(before.records).slice(-AROUND_BEFORE);
+        records = shown.concat(records);
+        if (shown.length) {
+          const first = idKey(String(shown[0].id));
+          const inside = older(before.gaps || []).filter(
+            (gap) => compareKeys(idKey(String(gap.id)), first) > 0
+          );
+          gaps = inside.concat(gaps);
+        }
       }
     }
     if (!current()) return;
@@ -240,14 +251,36 @@
       after = await api(`api/logs?${params}`, "GET");
       if (!current()) return;
       records = after.records;
+      gaps = after.gaps || [];
     }
-    for (const record of records) onLog(record);
+    showPage(records, gaps);
     state.lastId = after.last_id;
     if (found) {
       state.linked = state.scrollTo = target;
       setFollow(false);
     }
     writeUrl();
+  }
+
+  // A page of history: its records, and the gaps that stand among them (servers that keep
+  // gaps in history list them apart, each with its id), in the order of their ids.
+  function showPage(records, gaps) {
+    const items = records.map((record) => ({ record }));
+    for (const gap of gaps || []) {
+      const key = idKey(String(gap.id));
+      let at = -1;
+      if (key) {
+        at = items.findIndex((item) => {
+          const k = idKey(String((item.record || item.gap).id));
+          return k && compareKeys(k, key) > 0;
+        });
+      }
+      items.splice(at < 0 ? items.length : at, 0, { gap });
+    }
+    for (const item of items) {
+      if (item.record) onLog(item.record);
+      else onFrame({ ...item.gap, type: "gap" });
+    }
   }
 
   // An id's ordering key: [n, 0] for a number, [ms, seq] for a stream id; null for others.
@@ -311,10 +344,18 @@
         onLog(frame);
         break;
       case "gap":
+        // A gap that stands in the stream has an id: resuming after it is not told it again.
+        if (frame.id !== null && frame.id !== undefined) state.lastId = String(frame.id);
         if (frame.missed === null || frame.missed === undefined) state.unknownGaps++;
         else state.dropped += frame.missed;
         chart.gap(state.lastMs ?? Date.now());
         add({ kind: "gap", frame, text: gapText(frame) });
+        break;
+      case "position":
+        // Every record up to here was sent or did not match: resume after it.
+        if (frame.last_id !== null && frame.last_id !== undefined) {
+          state.lastId = String(frame.last_id);
+        }
         break;
       case "subscribed":
         body.dataset.filter = "applied";
@@ -358,7 +399,12 @@
         ? "an unknown number of records"
         : `${frame.missed} record${frame.missed === 1 ? "" : "s"}`;
     const reason = Object.hasOwn(GAP_REASONS, frame.reason) ? GAP_REASONS[frame.reason] : null;
-    return `gap: ${count} missed (${reason || String(frame.reason)})`;
+    let levels = "";
+    if (frame.levels && typeof frame.levels === "object") {
+      const counts = Object.entries(frame.levels).map(([level, n]) => `${n} ${level}`);
+      if (counts.length) levels = `: ${counts.join(", ")}`;
+    }
+    return `gap: ${count} missed (${reason || String(frame.reason)}${levels})`;
   }
 
   // A filter as the page keeps it or as the server echoes it (level a number there).
