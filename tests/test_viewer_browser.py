@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from conftest import KEY, TIMEOUT, raw_http, wait_until
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 import wslogging
+from wslogging import _history
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -882,3 +884,54 @@ def test_hostile_escapes_cost_linear_time_and_bounded_spans(
     many = rows(page, "many ").locator(".m")
     assert "many " + "ab" * 5000 == many.text_content()
     assert 256 == many.locator(".sgr").count()
+
+
+def entries(page: Page) -> list[str]:
+    """The page's entries: each record's message, each marker's text; notes left out."""
+    return list(
+        page.evaluate(
+            """() => [...document.querySelectorAll('#log > :not(.note)')].map((el) =>
+                el.classList.contains('row') ? el.querySelector('.m').textContent
+                    : el.textContent)"""
+        )
+    )
+
+
+@pytest.mark.skipif(
+    not hasattr(_history, "LossMark"), reason="this server keeps no gaps in its history"
+)
+def test_an_overflow_gap_is_shown_live_and_from_history_once(
+    configure: Configure, page: Page
+) -> None:
+    """A gap that stands in the stream (``overflow``, with its levels) is shown where it
+    happened, live and from history, and a reconnection does not show it again."""
+    handler = configure(queue_size=10)
+    open_viewer(page, handler)
+    loop = handler._server._loop  # type: ignore[union-attr]
+    assert loop is not None
+    release, frozen = threading.Event(), threading.Event()
+    loop.call_soon_threadsafe(lambda: (frozen.set(), release.wait(TIMEOUT)))
+    assert frozen.wait(TIMEOUT)
+    try:
+        for n in range(20):  # 8 fit (INFO is shed past 80%), 12 do not
+            log.info("r%d", n)
+    finally:
+        release.set()
+    gap = "— gap: 12 records missed (the app logged faster than the server took records: 12 INFO) —"
+    expected = [*(f"r{n}" for n in range(8)), gap, "after"]
+    expect(page.locator("#log .gap")).to_have_text(gap)
+    wait_until(lambda: chart_shows(page, "--gap"))
+
+    # Cut off right after the gap: back, the page resumes after the gap's own id, and is not
+    # told it again.
+    handler.set_api_keys(["another-key"])
+    expect(page.locator("#login-view")).to_be_visible()
+    handler.set_api_keys([KEY])
+    page.fill("#key", KEY)
+    page.press("#key", "Enter")
+    log.info("after")
+    expect(rows(page, "after")).to_have_count(1)
+    assert expected == entries(page)
+    page.reload()
+    expect(rows(page, "after")).to_have_count(1)
+    assert expected == entries(page)  # from history: the gap in its place
