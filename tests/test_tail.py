@@ -377,6 +377,10 @@ def test_parse_fields() -> None:
         ({"missed": 7, "reason": "history"}, "7 records missed (older than the server's history)"),
         ({"missed": None, "reason": "new\x1b"}, "records missed (new\\x1b)"),
         ({"missed": 3, "reason": "overflow"}, "3 records missed (the app logged faster than"),
+        (
+            {"missed": 3, "reason": "overflow", "levels": {"INFO": 2, "DEBUG": 1}},
+            "took records: 2 INFO, 1 DEBUG) ---",
+        ),
         ({"missed": None, "reason": "source"}, "missed (lost before they reached this server)"),
     ],
 )

@@ -872,7 +872,8 @@ def test_hostile_escapes_cost_linear_time_and_bounded_spans(
     handler: wslogging.WebSocketHandler, page: Page
 ) -> None:
     """Unterminated string sequences by the hundred thousand are read once, not once each;
-    thousands of colour changes make at most 256 styled spans, the rest plain text."""
+    thousands of colour changes make at most 256 styled spans, the rest plain text; a
+    logger's name has its control characters shown escaped too."""
     open_viewer(page, handler)
     started = time.monotonic()
     log.info("open %s", "\x1b]x" * 100_000)  # each introducer dropped, each x shown
@@ -884,6 +885,8 @@ def test_hostile_escapes_cost_linear_time_and_bounded_spans(
     many = rows(page, "many ").locator(".m")
     assert "many " + "ab" * 5000 == many.text_content()
     assert 256 == many.locator(".sgr").count()
+    logging.getLogger("app.\u202eevil").info("named")  # a logger name is no safer
+    expect(rows(page, "named").locator(".lg")).to_have_text("app.\\u202eevil")
 
 
 def entries(page: Page) -> list[str]:

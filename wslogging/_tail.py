@@ -264,6 +264,9 @@ class Printer:
             count = "1 record"
         reason = frame.get("reason")
         why = _GAP_REASONS.get(str(reason), _clean(str(reason)))
+        levels = frame.get("levels")
+        if isinstance(levels, dict) and levels:  # an overflow gap counts each level
+            why += ": " + _clean(", ".join(f"{n} {level}" for level, n in levels.items()))
         self._write(self._style(_GAP_STYLE, f"--- gap: {count} missed ({why}) ---"))
 
     def _write(self, line: str) -> None:

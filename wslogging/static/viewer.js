@@ -770,9 +770,9 @@
     el.dataset.id = frame.id;
     const time = span("t", shortTime(frame.time));
     time.title = frame.time;
-    const logger = span("lg", frame.logger);
+    const logger = styled(span("lg", ""), frame.logger);
     logger.title = frame.logger;
-    el.append(time, span("lv", frame.level), logger);
+    el.append(time, styled(span("lv", ""), frame.level), logger);
     const fields = frame.fields || {};
     for (const name of state.columns) {
       const cell = span("c", "");
