@@ -7,16 +7,19 @@ import io
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import socket
 import sys
+import unicodedata
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
+from _escapes import COLOURED, ESCAPES
 from _records import make_entry
 from conftest import KEY, TIMEOUT, async_wait_until
 
@@ -117,7 +120,7 @@ async def test_prints_what_is_logged_and_stops_on_ctrl_c(
 ) -> None:
     process = await following(tail, handler.url, "-n", "0")
     log.info("order %s placed", 42, extra={"user": "alice", "total": 9.5})
-    log.warning("disk at %d%%", 91)
+    log.warning("disk at %d%%", 91, extra={"color_message": "disk at \x1b[1m%d%%\x1b[0m"})
     try:
         raise ValueError("bad order id")
     except ValueError:
@@ -125,7 +128,7 @@ async def test_prints_what_is_logged_and_stops_on_ctrl_c(
     lines = await process.lines_until(lambda line: "ValueError: bad order id" in line)
 
     assert "INFO     app.tail: order 42 placed user=alice total=9.5" in lines[0]
-    assert "WARNING  app.tail: disk at 91%" in lines[1]
+    assert 'WARNING  app.tail: disk at 91% color_message="disk at %d%%"' in lines[1]
     assert "ERROR    app.tail: could not parse" in lines[2]
     assert lines[3] == "    Traceback (most recent call last):"  # indented under its record
     assert not any("\x1b" in line for line in lines)  # a pipe gets no colours
@@ -302,12 +305,13 @@ async def test_colours_and_escapes_on_request(
     handler: wslogging.WebSocketHandler, tail: Callable[..., Any]
 ) -> None:
     process = await following(tail, handler.url, "--color", "always", "-n", "0")
-    log.error("red\x1b[2Jcleared\nsecond line")
+    log.error("\x1b[35mpink\x1b[0m red\x1b[2Jcleared\nsecond line")
     line = await process.line()
     assert line.startswith("\x1b[2m")  # the time, dimmed
     assert "\x1b[1;31mERROR   \x1b[0m" in line
+    assert "\x1b[35mpink\x1b[0m red" in line  # the app's own colour passes
     assert "red\\x1b[2Jcleared" in line  # the message cannot drive the terminal
-    assert await process.line() == "    second line"  # nor forge a line of its own
+    assert await process.line() == "    second line\x1b[0m"  # nor forge a line of its own
     assert await process.finish() == _tail.EXIT_INTERRUPTED
 
 
@@ -372,6 +376,12 @@ def test_parse_fields() -> None:
         ({"missed": 1, "reason": "slow_client"}, "1 record missed (this client fell behind)"),
         ({"missed": 7, "reason": "history"}, "7 records missed (older than the server's history)"),
         ({"missed": None, "reason": "new\x1b"}, "records missed (new\\x1b)"),
+        ({"missed": 3, "reason": "overflow"}, "3 records missed (the app logged faster than"),
+        (
+            {"missed": 3, "reason": "overflow", "levels": {"INFO": 2, "DEBUG": 1}},
+            "took records: 2 INFO, 1 DEBUG) ---",
+        ),
+        ({"missed": None, "reason": "source"}, "missed (lost before they reached this server)"),
     ],
 )
 def test_gap_notice(frame: dict[str, Any], line: str) -> None:
@@ -416,3 +426,41 @@ async def test_the_command_the_demo_prints_follows_it(tail: Callable[..., Any]) 
     finally:
         demo.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(demo.wait(), TIMEOUT) == 0
+
+
+def _printed(text: str, *, color: bool) -> str:
+    """What ``tail`` prints for a record whose message, field and traceback are ``text``."""
+    out = io.StringIO()
+    frame = {"levelno": 20, "level": "INFO", "time": "t", "logger": "app", "log": text}
+    frame |= {"fields": {"color_message": text}, "exc": text}
+    _tail.Printer(out, as_json=False, color=color).record(frame, "")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("color", [True, False])
+@pytest.mark.parametrize(("name", "escape"), ESCAPES)
+def test_control_sequences_are_shown_escaped(name: str, escape: str, color: bool) -> None:
+    """Every control character but tab and newline reaches the terminal escaped, in the
+    message, the fields and the traceback, with colour on or off; only SGR passes."""
+    printed = _printed(f"before{escape}after", color=color)
+    own = re.sub("\x1b\\[[0-9;]*m", "", printed)  # tail's own colours and resets
+    controls = [c for c in own if unicodedata.category(c) in ("Cc", "Cf") and c != "\n"]
+    assert [] == controls
+    shown = repr(escape[0])[1:-1]  # as Python writes it: \x1b, \u202e, ...
+    assert 3 == own.count(f"before{shown}")
+
+
+def test_app_colours_pass_to_a_colour_terminal() -> None:
+    """The app's own SGR colours reach a colour terminal as sent, each use ended by a reset."""
+    printed = _printed(COLOURED, color=True)
+    assert 3 == printed.count("\x1b[31mGET /boom HTTP/1.1\x1b[0m \x1b[1;36mbold cyan\x1b[0m")
+    message = printed.split(" app: ", 1)[1]
+    assert message.startswith(COLOURED + "\x1b[0m")
+
+
+def test_app_colours_are_stripped_without_colour() -> None:
+    """Without colour (``--color never``, a pipe) the app's SGR sequences are dropped."""
+    printed = _printed(COLOURED, color=False)
+    assert "\x1b" not in printed
+    assert "t INFO     app: GET /boom HTTP/1.1 bold cyan plain" in printed
+    assert 'color_message="GET /boom HTTP/1.1 bold cyan plain"' in printed

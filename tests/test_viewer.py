@@ -107,3 +107,11 @@ async def test_index_serves_the_viewer_without_a_key(
         headers["X-Frame-Options"],
     )
     assert 'id="login"' in text
+
+
+def test_the_script_never_turns_text_into_html() -> None:
+    """Log text reaches the page through text nodes only: the script uses none of the ways
+    that parse a string as HTML or run it as code."""
+    script = (resources.files("wslogging") / "static" / "viewer.js").read_text(encoding="utf-8")
+    ways = ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "Function(")
+    assert [] == [way for way in ways if way in script]

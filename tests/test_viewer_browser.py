@@ -11,16 +11,19 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _escapes import COLOURED, ESCAPES
 from conftest import KEY, TIMEOUT, raw_http, wait_until
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 import wslogging
+from wslogging import _history
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -29,6 +32,7 @@ CHROMIUM_ARGS = [
     "--disable-gpu",
     "--disable-background-networking",
     "--disable-component-update",
+    "--js-flags=--expose-gc",  # the busy-page test measures the heap after a collection
 ]
 # The viewer's bound on the entries in the page (MAX_ROWS in viewer.js).
 MAX_ROWS = 5000
@@ -81,9 +85,12 @@ def page(new_page: Callable[..., Page]) -> Page:
     return new_page()
 
 
-def open_viewer(page: Page, handler: wslogging.WebSocketHandler, key: str = KEY) -> None:
-    """Load the page, enter the key, and wait until the stream is live."""
-    page.goto(f"{handler.url}/")
+def open_viewer(
+    page: Page, handler: wslogging.WebSocketHandler, key: str = KEY, view: str = ""
+) -> None:
+    """Load the page (with ``view``, its query string), enter the key, and wait until the
+    stream is live."""
+    page.goto(f"{handler.url}/{view}")
     page.fill("#key", key)
     page.press("#key", "Enter")
     expect(page.locator("body")).to_have_attribute("data-conn", "live")
@@ -113,6 +120,31 @@ def messages_after_last_note(page: Page) -> list[str]:
                 }
                 return out;
             }"""
+        )
+    )
+
+
+def chart_shows(page: Page, variable: str) -> bool:
+    """Whether the chart has a pixel drawn in the colour of the CSS ``variable``."""
+    return bool(
+        page.evaluate(
+            """(name) => {
+                const probe = document.createElement('canvas').getContext('2d');
+                probe.fillStyle = getComputedStyle(document.documentElement)
+                    .getPropertyValue(name).trim();
+                probe.fillRect(0, 0, 1, 1);
+                const want = probe.getImageData(0, 0, 1, 1).data;
+                const canvas = document.getElementById('chart');
+                if (!canvas.width) return false;
+                const data = canvas.getContext('2d')
+                    .getImageData(0, 0, canvas.width, canvas.height).data;
+                for (let i = 0; i < data.length; i += 4) {
+                    if (data[i] === want[0] && data[i + 1] === want[1] && data[i + 2] === want[2]
+                        && data[i + 3] === 255) return true;
+                }
+                return false;
+            }""",
+            variable,
         )
     )
 
@@ -324,6 +356,7 @@ def test_a_server_restart_shows_the_gap_and_the_stream_continues(
     gap = page.locator("#log .gap")
     expect(gap).to_have_text("— gap: an unknown number of records missed (the server restarted) —")
     expect(page.locator("#n-dropped")).to_have_text("0 + 1 unknown")
+    wait_until(lambda: chart_shows(page, "--gap"))  # the chart marks it too
     order = page.locator("#log > *").all_text_contents()
     before, marker, after = (
         next(i for i, text in enumerate(order) if needle in text)
@@ -362,8 +395,8 @@ def test_records_missed_while_away_are_shown_and_counted(configure: Configure, p
 def test_auto_scroll_stops_when_scrolled_up(
     handler: wslogging.WebSocketHandler, new_page: Callable[..., Page]
 ) -> None:
-    """The view follows the newest record until the user scrolls up; "Jump to newest"
-    follows again."""
+    """The view follows the newest record until the user scrolls up; then new records do not
+    move it, and a marker counts them ("2 new records — jump to latest") and follows again."""
     page = new_page(viewport={"width": 800, "height": 400})
     open_viewer(page, handler)
     for n in range(100):
@@ -371,9 +404,11 @@ def test_auto_scroll_stops_when_scrolled_up(
     expect(rows(page, "line 99")).to_be_in_viewport()
     log_view = page.locator("#log")
     log_view.evaluate("el => { el.scrollTop = 0; }")
-    expect(page.locator("#follow")).to_be_visible()
+    expect(page.locator("#follow")).to_have_text("Jump to latest")
     log.info("newer")
-    expect(rows(page, "newer")).to_have_count(1)
+    log.info("newest")
+    expect(rows(page, "newest")).to_have_count(1)
+    expect(page.locator("#follow")).to_have_text("2 new records — jump to latest")
     assert 0 == log_view.evaluate("el => el.scrollTop")
     expect(rows(page, "newer")).not_to_be_in_viewport()
     page.click("#follow")
@@ -502,3 +537,404 @@ def test_100000_records_keep_the_page_bounded_and_responsive(
     assert stall < 2000
     assert answered < 2.0
     wait_until(lambda: handler.records_dropped == 0)
+
+
+# -- the app's colours, the view in the URL, the chart, columns, record links -------------
+
+# How the viewer shows "before<escape>after" (tests/_escapes.py): sequences dropped, other
+# control characters written as escapes, as `wslogging tail` writes them.
+SHOWN = {
+    "clear screen": "beforeafter",
+    "cursor up": "beforeafter",
+    "OSC 0 title": "beforeafter",
+    "OSC 8 hyperlink": "beforeclickafter",
+    "OSC 52 clipboard": "beforeafter",
+    "bell": "before\\x07after",
+    "carriage return": "before\\rforgedafter",
+    "C1 CSI": "beforeafter",
+    "right-to-left override": "before\\u202eafter",
+    "left-to-right mark": "before\\u200eafter",
+    "right-to-left mark": "before\\u200fafter",
+}
+
+
+def test_app_colours_are_shown_and_other_escapes_defused(
+    handler: wslogging.WebSocketHandler, page: Page
+) -> None:
+    """SGR colour and bold in messages, fields and tracebacks become styled text; every other
+    control sequence is dropped and every other control character shown as an escape."""
+    open_viewer(page, handler)
+    for name, escape in ESCAPES:
+        text = f"{name}: before{escape}after"
+        try:
+            raise ValueError(text)
+        except ValueError:
+            log.exception(text, extra={"color_message": text})
+    log.info(COLOURED, extra={"color_message": COLOURED})
+    expect(rows(page, "bold cyan")).to_have_count(1)
+    page.evaluate("document.querySelectorAll('#log .row').forEach((row) => row.click())")
+    shown = page.evaluate(
+        """() => [...document.querySelectorAll('#log .row')].map((row) => [
+            row.querySelector('.m').textContent,
+            [...row.querySelectorAll('.details dt')]
+                .find((dt) => dt.textContent.startsWith('fields.color_message'))
+                .nextElementSibling.textContent,
+            row.querySelector('.details .exc')?.textContent ?? '',
+        ])"""
+    )
+    expected = [f"{name}: {SHOWN[name]}" for name, _ in ESCAPES]
+    plain = [*expected, "GET /boom HTTP/1.1 bold cyan plain"]
+    assert plain == [m for m, _, _ in shown]
+    assert plain == [f for _, f, _ in shown]
+    assert all(f"ValueError: {e}" in exc for e, (_, _, exc) in zip(expected, shown, strict=False))
+    text = page.evaluate("document.getElementById('log').textContent")
+    controls = {c for c in text if c not in "\n\t" and (ord(c) < 32 or 0x7F <= ord(c) <= 0x9F)}
+    assert set() == controls
+    assert not {"\u202e", "\u200e", "\u200f"} & set(text)
+    assert 0 == page.locator("#log a").count()
+    coloured = rows(page, "bold cyan")
+    for part in (coloured.locator(".m"), coloured.locator(".details dd").last):
+        expect(part.locator(".af1")).to_have_text("GET /boom HTTP/1.1")
+        expect(part.locator(".af6.a-bold")).to_have_text("bold cyan")
+    expect(rows(page, "bell").locator(".m .ctl")).to_have_text("\\x07")
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_app_colours_are_readable_in_both_themes(
+    handler: wslogging.WebSocketHandler, new_page: Callable[..., Page], scheme: str
+) -> None:
+    """Every colour an app can ask for (foreground or background) is drawn from the page's
+    palette, at least 4.5:1 against what it is drawn on."""
+    page = new_page(color_scheme=scheme)
+    open_viewer(page, handler)
+    sequences = [f"\x1b[{30 + n}mfg{n}\x1b[0m \x1b[{40 + n}mbg{n}\x1b[0m" for n in range(8)]
+    log.info(" ".join(sequences) + " \x1b[38;5;196mred256\x1b[0m \x1b[38;2;0;0;0mblack")
+    expect(rows(page, "red256")).to_have_count(1)
+    colours = page.evaluate(
+        """() => [...document.querySelectorAll('#log .sgr')].map((el) => {
+            let bg = getComputedStyle(el).backgroundColor;
+            for (let up = el.parentElement; bg === 'rgba(0, 0, 0, 0)'; up = up.parentElement) {
+                bg = up ? getComputedStyle(up).backgroundColor : 'rgb(255, 255, 255)';
+            }
+            return [el.textContent, getComputedStyle(el).color, bg];
+        })"""
+    )
+    assert 18 == len(colours)
+    assert "af1" in rows(page, "red256").locator(".sgr").nth(16).get_attribute("class")
+    low = [(text, _contrast(fg, bg)) for text, fg, bg in colours if _contrast(fg, bg) < 4.5]
+    assert [] == low
+
+
+def test_the_view_lives_in_the_url(handler: wslogging.WebSocketHandler, page: Page) -> None:
+    """A link with the API's filter parameters opens that view (after the key); a change
+    updates the URL in place, a reload keeps it, and no key is ever in it."""
+    pid = os.getpid()
+    view = f"level=ERROR&logger=app.db&grep=timeout&pid={pid}&field.request_id=r+1&columns=status"
+    page.goto(f"{handler.url}/?{view}&access_token={KEY}")
+    assert KEY not in page.url  # a key put in the address is dropped from it at once
+    urls: list[str] = []  # from here on, the page's own requests
+    page.on("request", lambda request: urls.append(request.url))
+    page.on("websocket", lambda ws: urls.append(ws.url))
+    page.fill("#key", KEY)
+    page.press("#key", "Enter")
+    expect(page.locator("body")).to_have_attribute("data-conn", "live")
+    assert ["ERROR", "app.db", "timeout", str(pid), "request_id=r 1", "status"] == [
+        page.input_value(f"#f-{name}") for name in ("level", "logger", "grep", "pid")
+    ] + [page.input_value("#f-field"), page.input_value("#f-columns")]
+    db = logging.getLogger("app.db")
+    db.warning("timeout, but a warning", extra={"request_id": "r 1"})
+    db.error("timeout, other request", extra={"request_id": "r 2"})
+    logging.getLogger("app.http").error("timeout elsewhere", extra={"request_id": "r 1"})
+    db.error("timeout, the one", extra={"request_id": "r 1", "status": 504})
+    expect(rows(page, "the one")).to_have_count(1)
+    assert ["timeout, the one"] == rows(page).locator(".m").all_text_contents()
+    expect(rows(page, "the one").locator(".c")).to_have_text("504")
+    assert page.url.endswith(f"/?{view}")
+
+    length = page.evaluate("history.length")
+    page.select_option("#f-level", "WARNING")
+    expect(last_note(page)).to_contain_text("level ≥ WARNING")
+    assert f"level=WARNING&logger=app.db&grep=timeout&pid={pid}" in page.url
+    assert length == page.evaluate("history.length")  # replaced, not pushed
+    page.reload()
+    expect(page.locator("body")).to_have_attribute("data-conn", "live")
+    assert "WARNING" == page.input_value("#f-level")
+    expect(rows(page, "but a warning")).to_have_count(1)
+    assert ["timeout, but a warning", "timeout, the one"] == rows(page).locator(
+        ".m"
+    ).all_text_contents()
+    assert [] == [url for url in urls if KEY in url]
+
+
+def test_a_link_with_a_refused_filter_shows_everything(
+    handler: wslogging.WebSocketHandler, page: Page
+) -> None:
+    """A filter in the link that the server refuses is reported, and the page shows every
+    record instead of retrying for ever."""
+    log.info("shown anyway")
+    open_viewer(page, handler, view="?level=LOUD")
+    expect(page.locator("#log .warn")).to_contain_text("Filter refused by the server (")
+    expect(rows(page, "shown anyway")).to_have_count(1)
+    assert "level" not in page.url
+
+
+def test_fields_as_columns(handler: wslogging.WebSocketHandler, page: Page) -> None:
+    """Chosen fields are columns, with a header; a record's details add or remove one; the
+    choice is in the URL and survives a reload."""
+    open_viewer(page, handler)
+    log.info("served", extra={"request_id": "a41f", "status": 200, "user": "alice"})
+    page.fill("#f-columns", "fields.request_id, status")
+    page.press("#f-columns", "Enter")
+    row = rows(page, "served")
+    expect(row.locator(".c")).to_have_text(["a41f", "200"])
+    expect(page.locator("#columns-head")).to_have_text(
+        re.compile("^time.*level.*logger.*request_id.*status.*message$")
+    )
+    assert "columns=request_id%2Cstatus" in page.url
+    row.click()
+    row.get_by_role("button", name="user", exact=True).click()
+    expect(rows(page, "served").locator(".c")).to_have_text(["a41f", "200", "alice"])
+    expect(rows(page, "served").locator(".details")).to_have_count(1)  # still open
+    page.reload()
+    expect(page.locator("body")).to_have_attribute("data-conn", "live")
+    expect(rows(page, "served").locator(".c")).to_have_text(["a41f", "200", "alice"])
+    rows(page, "served").click()
+    toggle = rows(page, "served").get_by_role("button", name="request_id", exact=True)
+    expect(toggle).to_have_attribute("aria-pressed", "true")
+    toggle.click()
+    expect(rows(page, "served").locator(".c")).to_have_text(["200", "alice"])
+    assert "columns=status%2Cuser" in page.url
+
+
+def test_next_and_previous_error(handler: wslogging.WebSocketHandler, page: Page) -> None:
+    """Buttons and keys (n, p) go from error to error through the page, and say when there
+    is none further."""
+    open_viewer(page, handler)
+    for n in range(60):
+        if n in (10, 30, 50):
+            log.error("error %d", n)
+        else:
+            log.info("fine %d", n)
+    expect(rows(page, "fine 59")).to_have_count(1)
+    rows(page).first.focus()
+    page.keyboard.press("n")
+    expect(rows(page, "error 10")).to_be_focused()
+    page.click("#next-error")
+    expect(rows(page, "error 30")).to_be_focused()
+    page.keyboard.press("n")
+    expect(rows(page, "error 50")).to_be_in_viewport()
+    expect(rows(page, "error 50")).to_be_focused()
+    page.keyboard.press("n")
+    expect(page.locator("#notice")).to_have_text("No later error in the page")
+    page.keyboard.press("p")
+    expect(rows(page, "error 30")).to_be_focused()
+    page.click("#prev-error")
+    expect(rows(page, "error 10")).to_be_focused()
+    page.focus("#f-grep")
+    page.keyboard.press("n")  # typing in a field is typing
+    assert "n" == page.input_value("#f-grep")
+
+
+def test_the_chart_counts_by_level_and_a_click_scrolls_there(
+    handler: wslogging.WebSocketHandler, new_page: Callable[..., Page]
+) -> None:
+    """The chart draws the records of each second in their level's colour; a click on a bar
+    brings that second's first record into view; one older than the page says so."""
+    page = new_page(viewport={"width": 900, "height": 500})
+    open_viewer(page, handler)
+    first = time.time()
+    log.error("early error")
+    wait_until(lambda: int(time.time()) > int(first))
+    log.info("early info")
+    wait_until(lambda: time.time() > int(first) + 3)
+    for n in range(200):
+        log.info("late %d", n)
+    expect(rows(page, "late 199")).to_be_in_viewport()
+    wait_until(lambda: chart_shows(page, "--error") and chart_shows(page, "--info"))
+    canvas = page.locator("#chart")
+    box = canvas.bounding_box()
+    assert box is not None
+    right = int(canvas.get_attribute("data-right") or 0)
+    bar = box["width"] / 300
+    canvas.click(position={"x": (int(first) - (right - 299) + 0.5) * bar, "y": box["height"] / 2})
+    focused = page.locator("#log .row:focus")
+    expect(focused).to_have_text(re.compile("early (error|info)$"))
+    expect(focused).to_be_in_viewport()
+    expect(page.locator("#follow")).to_be_visible()
+    canvas.click(position={"x": 2, "y": box["height"] / 2})  # five minutes ago
+    expect(page.locator("#notice")).to_contain_text("are no longer in the page")
+
+
+def test_copy_a_record_and_open_a_link_to_it(
+    handler: wslogging.WebSocketHandler, new_page: Callable[..., Page]
+) -> None:
+    """Copy JSON puts the record on the clipboard; Copy link gives a URL (with the view,
+    without the key) that opens, after the key, at that record among its neighbours."""
+    page = new_page(permissions=["clipboard-read", "clipboard-write"])
+    open_viewer(page, handler)
+    page.select_option("#f-level", "INFO")
+    expect(last_note(page)).to_contain_text("level ≥ INFO")
+    for n in range(300):
+        log.info("record %d", n, extra={"n": n})
+    row = rows(page, "record 150")
+    expect(row).to_have_count(1)
+    record_id = row.get_attribute("data-id")
+    row.click()
+    row.get_by_role("button", name="Copy JSON").click()
+    expect(page.locator("#notice")).to_have_text(f"Copied record {record_id} as JSON")
+    copied = json.loads(page.evaluate("navigator.clipboard.readText()"))
+    assert ("record 150", {"n": 150}, record_id) == (copied["log"], copied["fields"], copied["id"])
+    row.get_by_role("button", name="Copy link").click()
+    expect(page.locator("#notice")).to_have_text(f"Copied a link to record {record_id}")
+    link = page.evaluate("navigator.clipboard.readText()")
+    assert link.endswith(f"/?level=INFO&around={record_id}")
+    assert KEY not in link
+
+    other = new_page(viewport={"width": 800, "height": 400})
+    open_viewer(other, handler, view=link.removeprefix(f"{handler.url}/"))
+    target = rows(other, "record 150")
+    expect(target).to_have_attribute("data-target", "true")
+    expect(target).to_be_focused()
+    expect(target).to_be_in_viewport()
+    expect(rows(other, "record 100")).to_have_count(1)  # its neighbours, before and after
+    expect(rows(other, "record 299")).to_have_count(1)
+    assert other.url == link
+    log.info("after the link")
+    expect(rows(other, "after the link")).to_have_count(1)
+    expect(target).to_be_in_viewport()  # the view stays at the record
+    expect(other.locator("#follow")).to_have_text("1 new record — jump to latest")
+
+
+def test_a_link_to_a_record_no_longer_kept_says_so(configure: Configure, page: Page) -> None:
+    """A record link whose record has left the server's history opens with a clear notice,
+    and the records the server still has."""
+    handler = configure(history=50)
+    hub = handler._server.hub  # type: ignore[union-attr]
+    log.info("the linked one")
+    for n in range(200):
+        log.info("later %d", n)
+    wait_until(lambda: 201 == hub.stats()["records_accepted"])
+    linked = hub.history.first_id
+    open_viewer(page, handler, view=f"?around={linked}")
+    expect(page.locator("#log .warn")).to_have_text(
+        f"— Record {linked} is no longer in the server's history: "
+        "showing the oldest records it still has —"
+    )
+    expect(page.locator("#notice")).to_contain_text(f"Record {linked} is no longer")
+    expect(rows(page, "later 199")).to_have_count(1)
+    assert 0 == rows(page, "the linked one").count()
+
+
+def test_5000_records_a_second_with_the_chart_keep_the_page_bounded(
+    configure: Configure, page: Page
+) -> None:
+    """At 5,000 records a second for 10 s, with the chart drawing, the longest gap between
+    frames and the JS heap stay bounded."""
+    rate, seconds = 5000, 10
+    handler = configure(queue_size=rate * seconds, client_queue_size=rate * seconds)
+    open_viewer(page, handler)
+    page.evaluate(
+        """() => {
+            window.longestFrameGap = 0;
+            let last = performance.now();
+            const tick = (now) => {
+                window.longestFrameGap = Math.max(window.longestFrameGap, now - last);
+                last = now;
+                requestAnimationFrame(tick);
+            };
+            requestAnimationFrame(tick);
+        }"""
+    )
+    started = time.monotonic()
+    levels = (logging.DEBUG, logging.INFO, logging.INFO, logging.WARNING, logging.ERROR)
+    for n in range(rate * seconds):
+        log.log(levels[n % 5], "busy %d", n, extra={"request_id": n})
+        if n % 100 == 99:  # paced: 100 records every 20 ms
+            pause = started + (n + 1) / rate - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+    logged = time.monotonic() - started
+    count = rate * seconds
+    expect(page.locator("#n-received")).to_have_text(f"{count:,}", timeout=6 * TIMEOUT * 1000)
+    assert chart_shows(page, "--warning")
+    gap = page.evaluate("window.longestFrameGap")
+    heap = page.evaluate("window.gc(); performance.memory.usedJSHeapSize") / 1e6
+    print(
+        f"\n{rate}/s for {seconds} s (logged in {logged:.1f} s): "
+        f"longest frame gap {gap:.0f} ms, JS heap {heap:.1f} MB"
+    )
+    assert MAX_ROWS == page.locator("#log > *").count()
+    assert gap < 1000
+    assert heap < 50
+
+
+def test_hostile_escapes_cost_linear_time_and_bounded_spans(
+    handler: wslogging.WebSocketHandler, page: Page
+) -> None:
+    """Unterminated string sequences by the hundred thousand are read once, not once each;
+    thousands of colour changes make at most 256 styled spans, the rest plain text; a
+    logger's name has its control characters shown escaped too."""
+    open_viewer(page, handler)
+    started = time.monotonic()
+    log.info("open %s", "\x1b]x" * 100_000)  # each introducer dropped, each x shown
+    log.info("many %s", "\x1b[31ma\x1b[32mb" * 5000)
+    expect(rows(page, "many ")).to_have_count(1)
+    # Read once: well under a second; read again for each introducer: half a minute.
+    assert time.monotonic() - started < TIMEOUT / 2
+    assert "open " + "x" * 100_000 == rows(page, "open ").locator(".m").text_content()
+    many = rows(page, "many ").locator(".m")
+    assert "many " + "ab" * 5000 == many.text_content()
+    assert 256 == many.locator(".sgr").count()
+    logging.getLogger("app.\u202eevil").info("named")  # a logger name is no safer
+    expect(rows(page, "named").locator(".lg")).to_have_text("app.\\u202eevil")
+
+
+def entries(page: Page) -> list[str]:
+    """The page's entries: each record's message, each marker's text; notes left out."""
+    return list(
+        page.evaluate(
+            """() => [...document.querySelectorAll('#log > :not(.note)')].map((el) =>
+                el.classList.contains('row') ? el.querySelector('.m').textContent
+                    : el.textContent)"""
+        )
+    )
+
+
+@pytest.mark.skipif(
+    not hasattr(_history, "LossMark"), reason="this server keeps no gaps in its history"
+)
+def test_an_overflow_gap_is_shown_live_and_from_history_once(
+    configure: Configure, page: Page
+) -> None:
+    """A gap that stands in the stream (``overflow``, with its levels) is shown where it
+    happened, live and from history, and a reconnection does not show it again."""
+    handler = configure(queue_size=10)
+    open_viewer(page, handler)
+    loop = handler._server._loop  # type: ignore[union-attr]
+    assert loop is not None
+    release, frozen = threading.Event(), threading.Event()
+    loop.call_soon_threadsafe(lambda: (frozen.set(), release.wait(TIMEOUT)))
+    assert frozen.wait(TIMEOUT)
+    try:
+        for n in range(20):  # 8 fit (INFO is shed past 80%), 12 do not
+            log.info("r%d", n)
+    finally:
+        release.set()
+    gap = "— gap: 12 records missed (the app logged faster than the server took records: 12 INFO) —"
+    expected = [*(f"r{n}" for n in range(8)), gap, "after"]
+    expect(page.locator("#log .gap")).to_have_text(gap)
+    wait_until(lambda: chart_shows(page, "--gap"))
+
+    # Cut off right after the gap: back, the page resumes after the gap's own id, and is not
+    # told it again.
+    handler.set_api_keys(["another-key"])
+    expect(page.locator("#login-view")).to_be_visible()
+    handler.set_api_keys([KEY])
+    page.fill("#key", KEY)
+    page.press("#key", "Enter")
+    log.info("after")
+    expect(rows(page, "after")).to_have_count(1)
+    assert expected == entries(page)
+    page.reload()
+    expect(rows(page, "after")).to_have_count(1)
+    assert expected == entries(page)  # from history: the gap in its place

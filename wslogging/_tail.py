@@ -10,8 +10,12 @@ Decisions a user sees (also in the README):
 - Records go to stdout, one per line (``--json``: the ``log`` and ``gap`` frames as JSON lines,
   as sent); status lines (connected, retrying) go to stderr, so a pipe gets only records.
 - A message's own line breaks are kept, with continuation lines indented, and control
-  characters (escape sequences, bidi overrides) are shown escaped: log text is data from
-  anywhere and must not drive the terminal or forge a line of its own.
+  characters (escape sequences, bidi overrides and marks) are shown escaped: log text is data
+  from anywhere and must not drive the terminal or forge a line of its own. The one exception
+  is the app's own colours: SGR sequences (``ESC [ digits and semicolons m``: colour, bold)
+  pass through to a colour terminal, with a reset after each message, field list and
+  traceback, and are stripped when colour is off (``--color never``, a pipe); ``--json``
+  prints records unchanged.
 - Bad input that cannot fix itself ends it with status 2: a wrong or missing key (4401 or 401),
   a refused Host or Origin (403), a filter the server rejects (400). Anything else (refused
   connection, server restart, 503, 429) is retried with backoff, without end.
@@ -55,10 +59,15 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 _SCHEMES = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
-# Control characters (C0 but tab and newline, DEL, C1) and the bidi controls that can make a
-# line display as something else; each is shown as an escape instead.
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# Control characters (C0 but tab and newline, DEL, C1) and the bidi controls and marks that
+# can make a line display as something else; each is shown as an escape instead.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# An SGR sequence (colour, bold, ...) and nothing else: digits and semicolons only, bounded,
+# so that matching stays linear in the text.
+_SGR = re.compile("\x1b\\[[0-9;]{0,64}m")
 _INDENT = "\n    "
+# How a quoted field value writes what would end the quote or the line (backslash first).
+_QUOTED = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))
 
 _RESET = "\x1b[0m"
 _DIM = "\x1b[2m"
@@ -74,6 +83,8 @@ _GAP_REASONS = {
     "history": "older than the server's history",
     "restart": "the server restarted",
     "slow_client": "this client fell behind",
+    "overflow": "the app logged faster than the server took records",
+    "source": "lost before they reached this server",
 }
 
 
@@ -190,16 +201,40 @@ def filter_query(
     return query
 
 
-def _clean(text: str) -> str:
-    """``text`` safe to print: control characters escaped, continuation lines indented."""
-    text = _UNSAFE.sub(lambda m: repr(m.group())[1:-1], text.replace("\r\n", "\n"))
-    return text.replace("\n", _INDENT)
+def _escape(text: str) -> str:
+    return _UNSAFE.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def _clean(text: str, color: bool = False) -> str:
+    """``text`` safe to print: control characters escaped, continuation lines indented.
+
+    SGR sequences are kept when ``color`` (then followed by a reset, so that the app's colour
+    ends with its text) and dropped otherwise; any other escape sequence is shown escaped.
+    """
+    text = text.replace("\r\n", "\n")
+    parts: list[str] = []
+    start = 0
+    for match in _SGR.finditer(text):
+        parts.append(_escape(text[start : match.start()]))
+        if color:
+            parts.append(match.group())
+        start = match.end()
+    parts.append(_escape(text[start:]))
+    if color and len(parts) > 1:
+        parts.append(_RESET)
+    return "".join(parts).replace("\n", _INDENT)
 
 
 def _field_text(value: Any) -> str:
-    if isinstance(value, str) and value and not any(c.isspace() or c in "\"'=" for c in value):
+    """A field's value: a plain word as is, other text quoted (line breaks as ``\\n``, so a
+    field stays on its line; control characters are left to :func:`_clean`), else JSON."""
+    if not isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if value and not any(c.isspace() or c in "\"'=\\" for c in value):
         return value
-    return json.dumps(value, ensure_ascii=False)
+    for char, escaped in _QUOTED:
+        value = value.replace(char, escaped)
+    return f'"{value}"'
 
 
 def _time_text(value: Any) -> str:
@@ -236,16 +271,16 @@ class Printer:
             self._style(_DIM, _time_text(frame.get("time"))),
             self._style(sgr, f"{level:<8}"),
             _clean(f"{frame.get('logger', '')}:"),
-            _clean(str(frame.get("log", ""))),
+            _clean(str(frame.get("log", "")), self.color),
         ]
         fields = frame.get("fields")
         if isinstance(fields, dict) and fields:
             pairs = " ".join(f"{k}={_field_text(v)}" for k, v in fields.items())
-            parts.append(self._style(_DIM, _clean(pairs)))
+            parts.append(self._style(_DIM, _clean(pairs, self.color)))
         line = " ".join(parts)
         exc = frame.get("exc")
         if exc:
-            line += _INDENT + self._style(sgr, _clean(str(exc).rstrip("\n")))
+            line += _INDENT + self._style(sgr, _clean(str(exc).rstrip("\n"), self.color))
         self._write(line)
 
     def gap(self, frame: dict[str, Any], raw: str) -> None:
@@ -259,6 +294,9 @@ class Printer:
             count = "1 record"
         reason = frame.get("reason")
         why = _GAP_REASONS.get(str(reason), _clean(str(reason)))
+        levels = frame.get("levels")
+        if isinstance(levels, dict) and levels:  # an overflow gap counts each level
+            why += ": " + _clean(", ".join(f"{n} {level}" for level, n in levels.items()))
         self._write(self._style(_GAP_STYLE, f"--- gap: {count} missed ({why}) ---"))
 
     def _write(self, line: str) -> None:

@@ -152,7 +152,10 @@ def _add_tail(commands: Any) -> None:
         "--color",
         choices=("auto", "always", "never"),
         default="auto",
-        help="colour by level: auto (on a terminal, unless $NO_COLOR is set), always or never",
+        help=(
+            "colour by level, and the app's own colours (SGR) in its text: auto (on a "
+            "terminal, unless $NO_COLOR is set), always or never (then they are stripped)"
+        ),
     )
     output.add_argument("-q", "--quiet", action="store_true", help="no status lines on stderr")
     tail.add_argument("--cafile", metavar="PEM", help="CA certificates to verify https/wss with")
