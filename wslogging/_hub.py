@@ -80,8 +80,9 @@ class Client:
     """One connected stream: its filter, its replay cursor and its bounded send queue.
 
     Bounded: at most ``maxlen`` live records wait for the writer (or one batch, if a batch
-    is larger: it always fits whole). When full, the ``drop`` policy forgets the oldest (counted, and reported to this client as a
-    ``gap(slow_client)`` before the next record it gets); ``disconnect`` closes it
+    is larger: it always fits whole). When full, the ``drop`` policy forgets the oldest
+    (counted, and reported to this client as a ``gap(slow_client)`` before the next record
+    it gets); ``disconnect`` closes it
     (code 1008). Replay after ``since`` is read from history as the writer goes, so it
     takes no queue space; records that left history meanwhile become a ``gap(history)``.
     """
