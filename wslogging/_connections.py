@@ -67,9 +67,7 @@ class ConnectionTable:
         """Every connection held, the pending ones first."""
         return [*self._pending, *self._authenticated]
 
-    def opened(
-        self, now: float, close: Callable[[], None], fileno: int = -1
-    ) -> Connection | None:
+    def opened(self, now: float, close: Callable[[], None], fileno: int = -1) -> Connection | None:
         """Take a new connection, closing another to make room if need be (see above);
         ``None`` if it is refused: the caller closes it."""
         if len(self) >= self.bound:
