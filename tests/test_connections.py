@@ -12,6 +12,7 @@ import selectors
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -261,3 +262,40 @@ def test_idle_connections_never_starve_the_app_of_descriptors() -> None:
     assert during["connections_open"] <= 256
     assert after["connections_refused"] >= 1100 - 256
     assert after["connections_refused"] + after["connections_timed_out"] >= 1100
+
+
+def test_app_out_of_descriptors_pauses_accepting_then_serves() -> None:
+    """When the app has taken every descriptor, accept() fails (EMFILE): the server pauses
+    accepting without spinning, and serves the waiting client once the app lets go."""
+    script = textwrap.dedent(
+        f"""
+        import json, logging, resource, socket, time, urllib.request
+        import wslogging
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))
+        handler = wslogging.WebSocketHandler(port=0, api_keys=["k"])
+        peer = socket.socket()  # its descriptor now; connected once the app has taken the rest
+        taken = []
+        try:
+            while True:
+                taken.append(open("/dev/null"))
+        except OSError:
+            pass
+        peer.connect(("127.0.0.1", handler.port))
+        peer.sendall(b"GET /healthz HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n\\r\\n")
+        cpu = time.thread_time(), time.process_time()
+        time.sleep(1.5)  # the server meets EMFILE meanwhile
+        spent = time.process_time() - cpu[1] - (time.thread_time() - cpu[0])
+        for f in taken:
+            f.close()
+        peer.settimeout({TIMEOUT})
+        answer = peer.recv(4096)
+        print(json.dumps({{"answer": answer.decode()[:12], "cpu": spent}}))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert 0 == result.returncode, result.stderr
+    report = json.loads(result.stdout)
+    assert ("HTTP/1.1 200", True) == (report["answer"], report["cpu"] < 0.5), report

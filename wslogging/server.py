@@ -112,8 +112,6 @@ SWEEP_INTERVAL = 1.0
 ACCEPT_PAUSE = 1.0
 # Connections accepted per wakeup at most, so that a flood cannot hold up the loop.
 ACCEPT_BURST = 128
-# What accept() fails with when the process or the system is out of descriptors or memory.
-_ACCEPT_OUT_OF = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # aiohttp's request handler options, the same for the runner and every connection.
 _HANDLER_OPTIONS: dict[str, Any] = {
     # access_log=None: an access line could carry a credential, and must never be streamed;
@@ -611,11 +609,10 @@ class LogServer:
                 return
             except ConnectionAbortedError:
                 continue  # the peer gave up while waiting in the backlog
-            except OSError as exc:
-                if exc.errno in _ACCEPT_OUT_OF:
-                    # The app's descriptors (or memory) are all taken: it keeps them, and
-                    # the peers wait in the kernel's backlog a moment (as asyncio does).
-                    self._pause_accepting(sock, ssl_context)
+            except OSError:
+                # Out of descriptors (EMFILE: the app's, and it keeps them) or memory, or
+                # worse: the peers wait in the kernel's backlog a moment (as with asyncio).
+                self._pause_accepting(sock, ssl_context)
                 return
             self._admit(accepted, ssl_context)
 
