@@ -9,6 +9,7 @@ from wslogging._auth import (
     KeyRing,
     TicketBook,
     bearer_token,
+    budget_of,
     configured_keys,
     generate_key,
     is_loopback_host,
@@ -207,35 +208,50 @@ def test_non_loopback_hosts(host: str) -> None:
 # -- FailureThrottle ---------------------------------------------------------------------------
 
 
-def test_throttle_blocks_after_limit_until_window_ends() -> None:
-    """Past the limit an address waits out the rest of its window; others are unaffected."""
-    throttle = FailureThrottle(limit=3, window=60.0)
-    for _ in range(3):
-        assert 0.0 == throttle.blocked("10.0.0.1", 100.0)
-        throttle.failed("10.0.0.1", 100.0)
-    assert 50.0 == throttle.blocked("10.0.0.1", 110.0)
-    assert 0.0 == throttle.blocked("10.0.0.2", 110.0)
-    assert 0.0 == throttle.blocked("10.0.0.1", 160.0)
+def test_throttle_delays_past_the_budget_growing_to_a_cap() -> None:
+    """Within the budget no failure waits; past it each waits a step more, up to the cap;
+    other budgets are unaffected."""
+    throttle = FailureThrottle(limit=3, window=60.0, step=0.1, max_delay=0.25)
+    delays = [throttle.failed("10.0.0.1", 100.0) for _ in range(6)]
+    assert [0.0, 0.0, 0.0, 0.1, 0.2, 0.25] == pytest.approx(delays)
+    assert 0.0 == throttle.failed("10.0.0.2", 100.0)
+    assert 50.0 == throttle.retry_after("10.0.0.1", 110.0)
 
 
 def test_throttle_window_restarts_after_expiry() -> None:
     """Failures in an expired window no longer count."""
-    throttle = FailureThrottle(limit=2, window=10.0)
+    throttle = FailureThrottle(limit=1, window=10.0)
     throttle.failed("a", 0.0)
-    throttle.failed("a", 11.0)
-    assert 0.0 == throttle.blocked("a", 12.0)
+    assert 0.0 == throttle.failed("a", 11.0)
 
 
-def test_throttle_tracks_a_bounded_number_of_addresses() -> None:
-    """Beyond max_addresses the oldest address is forgotten first."""
+def test_throttle_tracks_a_bounded_number_of_budgets() -> None:
+    """Beyond max_addresses the oldest budget is forgotten first."""
     throttle = FailureThrottle(limit=1, window=60.0, max_addresses=2)
-    for address in ("a", "b", "c"):
-        throttle.failed(address, 0.0)
-    assert (0.0, True, True) == (
-        throttle.blocked("a", 1.0),
-        throttle.blocked("b", 1.0) > 0,
-        throttle.blocked("c", 1.0) > 0,
-    )
+    for budget in ("a", "b", "c"):
+        throttle.failed(budget, 0.0)
+    assert (True, 0.0) == (throttle.failed("c", 1.0) > 0, throttle.failed("a", 1.0))
+
+
+@pytest.mark.parametrize(
+    ("address", "budget"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("127.3.2.1", "loopback"),
+        ("::1", "loopback"),
+        ("::ffff:127.0.0.5", "loopback"),
+        ("::ffff:10.1.2.3", "10.1.2.3"),
+        ("10.1.2.3", "10.1.2.3"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2::9", "2001:db8:1:2::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("", ""),
+        ("not an address", "not an address"),
+    ],
+)
+def test_budget_of_is_one_per_host(address: str, budget: str) -> None:
+    """Every loopback address is one budget, as is each IPv6 /64; mapped IPv4 is IPv4."""
+    assert budget == budget_of(address)
 
 
 # -- TicketBook ----------------------------------------------------------------------------------

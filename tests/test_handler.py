@@ -489,13 +489,14 @@ async def test_tls(configure: Configure, tmp_path: Path) -> None:
             await plain.get(f"http://127.0.0.1:{handler.port}/healthz")
 
 
-def test_close_leaves_no_idle_tls_connection_open(tmp_path: Path) -> None:
-    """Idle TLS connections (as a browser preconnects) are closed by close(), not left waiting
-    for the peer's close_notify with their sockets open: run in a process under ``-X dev``,
-    where a socket left open is a ResourceWarning on stderr."""
+def _close_leaves_no_socket_open(tmp_path: Path, peers: str, ready: str) -> None:
+    """Run a TLS handler in a process under ``-X dev`` (where a socket left open is a
+    ResourceWarning on stderr), open ``peers`` (code that makes a list ``peers`` of sockets
+    to it), wait until ``ready`` (an expression) is true, close the handler, and check that
+    each peer sees the end and that no socket was left open."""
     script = textwrap.dedent(
         f"""
-        import gc, socket, ssl, time
+        import gc, os, socket, ssl, time
         import trustme, wslogging
         authority = trustme.CA()
         certificate = authority.issue_cert("127.0.0.1")
@@ -507,19 +508,34 @@ def test_close_leaves_no_idle_tls_connection_open(tmp_path: Path) -> None:
         )
         context = ssl.create_default_context()
         authority.configure_trust(context)
-        idle = [
-            context.wrap_socket(
-                socket.create_connection(("127.0.0.1", handler.port)), server_hostname="127.0.0.1"
-            )
-            for _ in range(3)
-        ]
+
+        def sockets():
+            count = 0
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    count += os.readlink(f"/proc/self/fd/{{fd}}").startswith("socket:")
+                except OSError:
+                    pass  # closed meanwhile (the listing's own, say)
+            return count
+
+        before = sockets()
+        """
+    )
+    script += textwrap.dedent(peers)
+    script += textwrap.dedent(
+        f"""
         deadline = time.monotonic() + {TIMEOUT}
-        while len(handler._server._runner.server.connections) < 3:
-            assert time.monotonic() < deadline, "the server never saw the connections"
+        while not ({ready}):
+            assert time.monotonic() < deadline, "the server never accepted the connections"
             time.sleep(0.01)
         handler.close()
         gc.collect()
-        for sock in idle:
+        for sock in peers:
+            sock.settimeout({TIMEOUT})
+            try:
+                assert sock.recv(1) == b""
+            except (ConnectionResetError, ssl.SSLError):
+                pass
             sock.close()
         print("closed")
         """
@@ -533,6 +549,34 @@ def test_close_leaves_no_idle_tls_connection_open(tmp_path: Path) -> None:
     )
     assert (0, "closed") == (result.returncode, result.stdout.strip()), result.stderr
     assert "ResourceWarning" not in result.stderr, result.stderr
+
+
+def test_close_leaves_no_idle_tls_connection_open(tmp_path: Path) -> None:
+    """Idle TLS connections (as a browser preconnects) are closed by close(), not left waiting
+    for the peer's close_notify with their sockets open."""
+    _close_leaves_no_socket_open(
+        tmp_path,
+        """
+        peers = [
+            context.wrap_socket(
+                socket.create_connection(("127.0.0.1", handler.port)), server_hostname="127.0.0.1"
+            )
+            for _ in range(3)
+        ]
+        """,
+        "len(handler._server._runner.server.connections) == 3",
+    )
+
+
+def test_close_closes_tls_connections_caught_in_their_handshake(tmp_path: Path) -> None:
+    """Connections still in their TLS handshake when the handler closes are closed by it."""
+    _close_leaves_no_socket_open(
+        tmp_path,
+        """
+        peers = [socket.create_connection(("127.0.0.1", handler.port)) for _ in range(3)]
+        """,
+        "sockets() >= before + 6",  # both ends of each
+    )
 
 
 def test_unusable_certificate_is_reported(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import threading
@@ -688,24 +689,77 @@ async def test_ticket_needs_the_key(
         assert 401 == response.status
 
 
-async def test_repeated_failures_are_throttled(
+async def test_wrong_keys_never_lock_out_the_right_key(
     handler: wslogging.WebSocketHandler, session: aiohttp.ClientSession
 ) -> None:
-    """After 30 failures from one address, everything from it gets 429 with Retry-After
-    (a WebSocket before the upgrade), even with the right key."""
+    """After 30 failures from one address its further failures get 429 with Retry-After (a
+    WebSocket before the upgrade), but the right key from the same address is served."""
     bad = {"Authorization": "Bearer wrong"}
     for _ in range(30):
         async with session.get(f"{handler.url}/api/stats", headers=bad) as response:
             assert 401 == response.status
     async with session.get(f"{handler.url}/api/stats", headers=AUTH) as response:
+        assert 200 == response.status
+    ws = await connect(session, handler)
+    await ws.close()
+    async with session.get(f"{handler.url}/api/stats", headers=bad) as response:
         assert 429 == response.status
         assert 0 < int(response.headers["Retry-After"]) <= 60
         assert "too_many_requests" == (await response.json())["error"]
     with pytest.raises(aiohttp.WSServerHandshakeError) as excinfo:
-        await session.ws_connect(f"{handler.url}/ws/logs", headers=AUTH)
+        await session.ws_connect(f"{handler.url}/ws/logs", headers=bad)
     assert 429 == excinfo.value.status
     async with session.get(f"{handler.url}/healthz") as response:
         assert 200 == response.status
+
+
+async def test_guessing_past_the_budget_is_slowed_one_at_a_time(
+    handler: wslogging.WebSocketHandler,
+) -> None:
+    """Past the budget, wrong keys sent at once (each on its own connection) are answered
+    one at a time after growing delays (0.05 s, 0.1 s, ... up to 0.5 s), while a right key
+    sent meanwhile is answered at once."""
+    loop = asyncio.get_running_loop()
+    url = f"{handler.url}/api/stats"
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=TIMEOUT)
+    ) as session:
+
+        async def status(headers: dict[str, str]) -> tuple[int, float]:
+            async with session.get(url, headers=headers) as response:
+                return response.status, loop.time()
+
+        for _ in range(30):
+            assert 401 == (await status({"Authorization": "Bearer wrong"}))[0]
+        began = loop.time()
+        guesses = [
+            asyncio.create_task(status({"Authorization": f"Bearer guess{n}"})) for n in range(10)
+        ]
+        await asyncio.sleep(0.2)  # the guesses are waiting by now (not needed to pass)
+        right, answered = await status(AUTH)
+        results = await asyncio.gather(*guesses)
+    assert (200, True) == (right, answered - began < 1.0)
+    assert [429] * 10 == [code for code, _ in results]
+    # 0.05 + 0.1 + ... + 0.5 = 2.75 s in all, one after another.
+    times = sorted(at - began for _, at in results)
+    assert times[-1] >= 2.7, times
+    assert all(later - earlier >= 0.04 for earlier, later in itertools.pairwise(times)), times
+
+
+async def test_failure_budget_is_shared_by_all_loopback_addresses(
+    handler: wslogging.WebSocketHandler,
+) -> None:
+    """Wrong keys from 20 loopback addresses (127.0.0.2 to 127.0.0.21) draw on one budget:
+    the 31st failure gets 429, whichever address it comes from."""
+    statuses = []
+    for n in range(31):
+        connector = aiohttp.TCPConnector(local_addr=(f"127.0.0.{2 + n % 20}", 0))
+        async with aiohttp.ClientSession(connector=connector) as session:
+            url = f"{handler.url}/api/stats"
+            async with session.get(url, headers={"Authorization": "Bearer wrong"}) as response:
+                statuses.append(response.status)
+    assert [401] * 30 + [429] == statuses
 
 
 async def test_ack_then_reconnect_resumes_after_it(

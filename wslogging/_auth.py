@@ -123,37 +123,67 @@ def _make_room(entries: dict[str, V], expired: Callable[[V], bool], limit: int) 
         del entries[next(iter(entries))]
 
 
-class FailureThrottle:
-    """Counts failed authentications per client address; past ``limit`` in ``window``
-    seconds, that address is refused (429) until its window ends, key or not.
+def budget_of(address: str) -> str:
+    """The failure budget a peer address counts against: one per host, so that a peer
+    cannot multiply its budget by changing address within reach. Every loopback address
+    (127.0.0.0/8, ::1) is one host, as is every address of one IPv6 /64 network; an
+    IPv4-mapped IPv6 address is its IPv4 one. Text that is no address stands for itself."""
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return "loopback"
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
-    Bounded: at most ``max_addresses`` addresses are tracked; when full, expired windows are
-    forgotten first, then the oldest. Clients behind one proxy, or all local clients on
-    loopback, share an address and so share a budget.
+
+class FailureThrottle:
+    """Counts failed authentications per budget (see :func:`budget_of`); past ``limit`` in
+    ``window`` seconds, each further failure is to be answered only after a delay (see
+    :meth:`failed`) that grows by ``step`` seconds per failure up to ``max_delay``. The server
+    answers a budget's delayed failures one at a time, so a client that waits for its answers
+    guesses at most once per ``max_delay`` seconds. A right key is never delayed or refused:
+    only failures are counted, and only failures wait.
+
+    Bounded: at most ``max_addresses`` budgets are tracked; when full, expired windows are
+    forgotten first, then the oldest.
     """
 
-    def __init__(self, limit: int = 30, window: float = 60.0, max_addresses: int = 4096) -> None:
+    def __init__(
+        self,
+        limit: int = 30,
+        window: float = 60.0,
+        step: float = 0.05,
+        max_delay: float = 0.5,
+        max_addresses: int = 4096,
+    ) -> None:
         self.limit = limit
         self.window = window
+        self.step = step
+        self.max_delay = max_delay
         self.max_addresses = max_addresses
         self._windows: dict[str, tuple[float, int]] = {}
 
-    def blocked(self, address: str, now: float) -> float:
-        """Seconds until ``address`` may try again; 0.0 if it may now."""
-        start, failures = self._windows.get(address, (now, 0))
-        if now - start >= self.window:
-            self._windows.pop(address, None)
-            return 0.0
-        return self.window - (now - start) if failures >= self.limit else 0.0
-
-    def failed(self, address: str, now: float) -> None:
-        """Count one failed attempt from ``address``."""
-        start, failures = self._windows.get(address, (now, 0))
+    def failed(self, budget: str, now: float) -> float:
+        """Count one failed attempt against ``budget``; the seconds its answer must wait
+        (0.0 within the budget)."""
+        start, failures = self._windows.get(budget, (now, 0))
         if now - start >= self.window:
             start, failures = now, 0
-        if address not in self._windows:
+        if budget not in self._windows:
             _make_room(self._windows, lambda w: now - w[0] >= self.window, self.max_addresses)
-        self._windows[address] = (start, failures + 1)
+        failures += 1
+        self._windows[budget] = (start, failures)
+        return min(self.max_delay, self.step * max(0, failures - self.limit))
+
+    def retry_after(self, budget: str, now: float) -> float:
+        """Seconds until ``budget``'s window ends and its failures are forgotten."""
+        start, _ = self._windows.get(budget, (now, 0))
+        return max(0.0, self.window - (now - start))
 
 
 class TicketBook:

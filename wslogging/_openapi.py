@@ -335,6 +335,10 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                             "records_dropped",
                             "client_drops",
                             "history_size",
+                            "connections_open",
+                            "connections_limit",
+                            "connections_refused",
+                            "connections_timed_out",
                         )
                     },
                 },

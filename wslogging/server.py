@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import resource
 import socket
 import ssl
 import struct
@@ -38,8 +39,10 @@ from ._auth import (
     KeyRing,
     TicketBook,
     bearer_token,
+    budget_of,
     is_loopback_host,
 )
+from ._connections import AUTH_DEADLINE, Connection, ConnectionTable, connection_bound
 from ._filters import Filter, FilterError, filter_from_query
 from ._handoff import Handoff, Lost
 from ._history import Gap, Held, LossMark, Resume, SinceError, parse_id
@@ -103,6 +106,21 @@ REVOKED = (4401, "API key revoked")
 MAX_FORWARDERS = 1024
 # Forwarders (connected or gone) whose counts /api/stats lists, the most recent ones.
 FORWARDER_STATS = 256
+# Seconds an HTTP keep-alive connection may sit idle after a response before it is closed.
+KEEPALIVE_IDLE = 10.0
+# Seconds between two sweeps for connections past their deadline (see ConnectionTable).
+SWEEP_INTERVAL = 1.0
+# Seconds accepting pauses when the process is out of descriptors (the app's to have).
+ACCEPT_PAUSE = 1.0
+# Connections accepted per wakeup at most, so that a flood cannot hold up the loop.
+ACCEPT_BURST = 128
+# aiohttp's request handler options, the same for the runner and every connection.
+_HANDLER_OPTIONS: dict[str, Any] = {
+    # access_log=None: an access line could carry a credential, and must never be streamed;
+    # logger=_http_log, for the same reason (see _HttpLogScrubber).
+    "access_log": None,
+    "keepalive_timeout": KEEPALIVE_IDLE,
+}
 
 
 class _HttpLogScrubber(logging.Filter):
@@ -149,6 +167,41 @@ class _HandshakeLogScrubber(logging.Filter):
 
 
 logging.getLogger("aiohttp.websocket").addFilter(_HandshakeLogScrubber())
+
+
+class _TrackedConnection(web.RequestHandler):
+    """aiohttp's protocol for one accepted connection, which tells the server's
+    :class:`ConnectionTable` when it ends, and answers a request it cannot parse with the
+    server's own JSON error, never with anything of the request."""
+
+    __slots__ = ("entry", "on_lost")
+
+    def __init__(self, manager: web.Server, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(manager, loop=loop, logger=_http_log, **_HANDLER_OPTIONS)
+        self.entry: Connection | None = None
+        self.on_lost: Callable[[Connection], None] | None = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        if self.entry is not None and self.on_lost is not None:
+            self.on_lost(self.entry)
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        # aiohttp's logs the error (see _HttpLogScrubber) and raises if an answer has begun;
+        # its answer may quote the request line (and any token in it) back.
+        super().handle_error(request, status, exc, message)
+        if status >= 500:
+            response = _error(status, "internal_error", "the server could not answer")
+        else:
+            response = _error(status, "bad_request", "malformed HTTP request")
+        response.force_close()
+        return response
 
 
 class ServerState(enum.Enum):
@@ -382,6 +435,10 @@ class LogServer:
         self._dropped = dropped
         self._keys = KeyRing(options.keys)
         self._throttle = FailureThrottle()
+        # Budgets (see budget_of) with failures waiting for their answer, and how many wait.
+        self._delayed: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._table = ConnectionTable(connection_bound(_soft_nofile(), options.max_clients))
+        self._handshakes: set[asyncio.Task[None]] = set()
         self._tickets = TicketBook()
         self._loopback = is_loopback_host(options.host)
         self.hub = Hub(
@@ -544,23 +601,111 @@ class LogServer:
         app.router.add_post("/api/ticket", self._ticket)
         if self._ingest_secret is not None:
             app.router.add_get(INGEST_PATH, self._ingest)
-        # access_log=None: an access line could carry a credential, and must never be streamed;
-        # logger=_http_log, for the same reason (see _HttpLogScrubber).
         # handler_cancellation: a client that disconnects ends its handler (and frees its
         # slot) at once, rather than at the next write.
         self._runner = web.AppRunner(
             app,
-            access_log=None,
             logger=_http_log,
             shutdown_timeout=1.0,
             handler_cancellation=True,
+            **_HANDLER_OPTIONS,
         )
         await self._runner.setup()
-        self._site = web.SockSite(self._runner, sock, ssl_context=ssl_context)
-        await self._site.start()
+        # Accepted here rather than by a site of aiohttp's, so that every connection is in
+        # the table from accept on, a TLS handshake included (see _admit).
+        loop = asyncio.get_running_loop()
+        loop.add_reader(sock.fileno(), self._accept_ready, sock, ssl_context)
+        self._sweeper = asyncio.create_task(self._sweep())
         self._consumer = asyncio.create_task(
             self._consume() if self._source is None else self._read_source(self._source)
         )
+
+    # -- connections ----------------------------------------------------------------------
+
+    def _accept_ready(self, sock: socket.socket, ssl_context: ssl.SSLContext | None) -> None:
+        """Accept what the listening socket has (a burst at most) into the table."""
+        for _ in range(ACCEPT_BURST):
+            try:
+                accepted, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue  # the peer gave up while waiting in the backlog
+            except OSError:
+                # Out of descriptors (EMFILE: the app's, and it keeps them) or memory, or
+                # worse: the peers wait in the kernel's backlog a moment (as with asyncio).
+                self._pause_accepting(sock, ssl_context)
+                return
+            self._admit(accepted, ssl_context)
+
+    def _pause_accepting(self, sock: socket.socket, ssl_context: ssl.SSLContext | None) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(sock.fileno())
+
+        def resume() -> None:
+            if self.state is ServerState.RUNNING and sock.fileno() >= 0:
+                loop.add_reader(sock.fileno(), self._accept_ready, sock, ssl_context)
+
+        loop.call_later(ACCEPT_PAUSE, resume)
+
+    def _admit(self, sock: socket.socket, ssl_context: ssl.SSLContext | None) -> None:
+        """Serve ``sock`` if the table takes it (see :class:`ConnectionTable`), else close it."""
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        assert server is not None
+        protocol = _TrackedConnection(server, loop)
+
+        def close() -> None:
+            # The transport once there is one; before (a TLS handshake), the socket itself:
+            # shut down, its transport sees the end and closes it.
+            if protocol.transport is not None:
+                protocol.transport.abort()
+            else:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+        entry = self._table.opened(loop.time(), close, sock.fileno())
+        if entry is None:
+            sock.close()
+            return
+        protocol.entry, protocol.on_lost = entry, self._table.closed
+        sock.setblocking(False)
+        task = loop.create_task(self._handshake(sock, protocol, ssl_context))
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(
+        self,
+        sock: socket.socket,
+        protocol: _TrackedConnection,
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(
+                lambda: protocol,
+                sock,
+                ssl=ssl_context,
+                ssl_handshake_timeout=AUTH_DEADLINE if ssl_context else None,
+            )
+        except (Exception, asyncio.CancelledError):
+            # A failed TLS handshake (asyncio has closed the socket): the protocol never
+            # heard of the connection, so it is taken off the table here.
+            assert protocol.entry is not None
+            self._table.closed(protocol.entry)
+
+    def _authenticated(self, request: web.Request) -> None:
+        """The request's connection has begun an authenticated request: no deadline."""
+        protocol = request.protocol
+        if isinstance(protocol, _TrackedConnection) and protocol.entry is not None:
+            self._table.authenticated(protocol.entry)
+
+    async def _sweep(self) -> None:
+        """Close the connections past their deadline, once every :data:`SWEEP_INTERVAL`."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            self._table.sweep(loop.time())
 
     async def _consume(self) -> None:
         """Move records from the app's queue into the hub, in batches, never awaiting a
@@ -638,8 +783,11 @@ class LogServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
         # The port first: a handler configured anew on it can bind it at once.
-        await self._site.stop()
+        if self._sock is not None:
+            loop.remove_reader(self._sock.fileno())
+            self._sock.close()
         self._released.set()
+        self._sweeper.cancel()
         # Forwarders next, so that one of them takes the port over while we finish.
         ingest = [asyncio.ensure_future(self._close_ingest(ws)) for ws in self._ingest_sockets]
         if ingest:
@@ -657,15 +805,17 @@ class LogServer:
         for client in list(self.hub.clients):
             if client.abort is not None:
                 client.abort()
-        server = self._runner.server
-        open_transports = [h.transport for h in server.connections] if server else []
         await self._runner.cleanup()
-        # A closed TLS connection waits for the peer's close_notify, which an idle peer (a
-        # browser's preconnected socket, say) never sends: once the loop stops, its socket
-        # would be left open. Everything due has been sent by now, so cut them off.
-        for transport in open_transports:
-            if transport is not None and transport.get_extra_info("sslcontext") is not None:
-                transport.abort()
+        # Whatever is left: TLS connections waiting for the peer's close_notify, which an
+        # idle peer (a browser's preconnected socket, say) never sends, and those still in
+        # their TLS handshake. Once the loop stops their sockets would be left open.
+        # Everything due has been sent by now, so cut them off.
+        self._table.close_all()
+        if self._handshakes:
+            await asyncio.wait(self._handshakes, timeout=1.0)
+        for task in self._handshakes:
+            task.cancel()
+        await asyncio.sleep(0)  # the aborted transports close their sockets
 
     # -- auth and guards ------------------------------------------------------------------
 
@@ -680,36 +830,58 @@ class LogServer:
             return _error(403, "forbidden", "Host must be a loopback name")
         if request.path in PUBLIC_PATHS:
             return await handler(request)
-        address = request.remote or ""
-        # Not for /ws/ingest: its proof (an HMAC of a fresh nonce) cannot be guessed, and
-        # local clients with a bad key or proof (all of them 127.0.0.1, as the forwarders
-        # are) must not lock the forwarders out.
-        wait = request.path != INGEST_PATH and self._throttle.blocked(address, time.monotonic())
-        if wait:
-            # Refused before the key is looked at (and before any WebSocket upgrade).
-            return _error(
-                429,
-                "too_many_requests",
-                "too many failed authentications from this address",
-                **{"Retry-After": str(math.ceil(wait))},
-            )
-        # These answer a bad key (or ingest proof) with close code 4401 themselves.
+        # These answer a bad key (or ingest proof) themselves (see _ws and _ingest).
         if request.path not in ("/ws/logs", INGEST_PATH):
             problem = self._authenticate(request)
             if problem is not None:
-                return _unauthorized(problem)
+                return await self._throttled(request) or _unauthorized(problem)
         return await handler(request)
 
     def _authenticate(self, request: web.Request) -> str | None:
-        """Why the request is not authorized (a failure counted against its address), or
-        ``None`` if it is, the key it came with then noted on it (:data:`_KEY_ID`). The
-        reasons name the problem, never the credential."""
+        """Why the request is not authorized, or ``None`` if it is: the key it came with is
+        then noted on it (:data:`_KEY_ID`) and its connection is authenticated. The reasons
+        name the problem, never the credential. The key is checked before anything is
+        counted or waited for: a right key is never held back by anyone's wrong ones."""
         key_id, problem = self._credential(request)
         if key_id is None:
-            self._throttle.failed(request.remote or "", time.monotonic())
             return problem
         request[_KEY_ID] = key_id
+        self._authenticated(request)
         return None
+
+    async def _throttled(self, request: web.Request) -> web.Response | None:
+        """Count a failed authentication against the request's budget (see
+        :class:`FailureThrottle`). Within the budget, ``None``: the caller refuses it at once
+        (401, or 4401 after a WebSocket upgrade). Past it, a 429 with ``Retry-After`` (a
+        WebSocket before the upgrade), given after the throttle's delay and one at a time
+        per budget, so that guessing slows down.
+
+        Bounded: a request waiting here holds its connection, which counts against the
+        connection bound and is closed at its deadline like any other unauthenticated one;
+        the waiting budgets are forgotten as soon as nothing waits for them.
+        """
+        budget = budget_of(request.remote or "")
+        delay = self._throttle.failed(budget, time.monotonic())
+        if not delay:
+            return None
+        lock, waiting = self._delayed.get(budget) or (asyncio.Lock(), 0)
+        self._delayed[budget] = (lock, waiting + 1)
+        try:
+            async with lock:
+                await asyncio.sleep(delay)
+        finally:
+            lock, waiting = self._delayed[budget]
+            if waiting > 1:
+                self._delayed[budget] = (lock, waiting - 1)
+            else:
+                del self._delayed[budget]
+        retry = self._throttle.retry_after(budget, time.monotonic())
+        return _error(
+            429,
+            "too_many_requests",
+            "too many failed authentications from this address",
+            **{"Retry-After": str(max(1, math.ceil(retry)))},
+        )
 
     def _credential(self, request: web.Request) -> tuple[KeyId | None, str]:
         """The key the request came with, or ``None`` and why not."""
@@ -756,6 +928,7 @@ class LogServer:
         stats["queue_size"] = self._handoff.qsize() if self._handoff else 0
         stats["epoch"] = self.hub.epoch
         stats.update(self._source.stats() if self._source else {"backend": "embedded"})
+        stats.update(self._table.stats())  # connections_open, _limit, _refused, _timed_out
         return _json(stats)
 
     async def _ticket(self, request: web.Request) -> web.Response:
@@ -903,6 +1076,8 @@ class LogServer:
                 return _bad_request(f"{name} must be ASCII")
         problem = self._authenticate(request)
         client = None
+        if problem is not None and (refused := await self._throttled(request)):
+            return refused
         if problem is None:
             if unready := await self._not_ready(request, header_since=False):
                 return unready
@@ -1037,6 +1212,7 @@ class LogServer:
                 return ws
             # Counted against MAX_FORWARDERS once proven: a handshake nobody finishes
             # (anyone may start one) must not take a forwarder's place.
+            self._authenticated(request)
             self._ingest_sockets.add(ws)
             stats = self._forwarder_stats(auth.pid)
             await ws.send_str(_ingest.ACCEPTED)
@@ -1123,16 +1299,9 @@ class LogServer:
         """
         self.state = ServerState.CLOSED
         self._handoff = None
-        descriptors = []
+        descriptors = [c.fileno for c in self._table.connections()]
         if self._sock is not None:
             descriptors.append(self._sock.fileno())
-        with contextlib.suppress(Exception):
-            server = self._runner.server
-            for connection in server.connections if server else ():
-                transport = connection.transport
-                sock = transport.get_extra_info("socket") if transport is not None else None
-                if sock is not None:
-                    descriptors.append(sock.fileno())
         release_descriptors(descriptors)
 
     def _position(self) -> dict[str, Any]:
@@ -1272,6 +1441,12 @@ def _writer_now(ws: web.WebSocketResponse, transport: asyncio.Transport) -> Call
 def _mark(lost: Lost) -> LossMark:
     """The loss mark that tells clients of ``lost``, at its place in the stream."""
     return LossMark(lost.count, lost.reason, lost.levels)
+
+
+def _soft_nofile() -> int | None:
+    """The process's soft limit on open descriptors; ``None`` where unlimited."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def release_descriptors(descriptors: list[int]) -> None:
