@@ -80,9 +80,9 @@ class Client:
     """One connected stream: its filter, its replay cursor and its bounded send queue.
 
     Bounded: at most ``maxlen`` live records wait for the writer (or one batch, if a batch
-    is larger: it always fits whole). When full, the ``drop`` policy forgets the oldest
-    (counted, and reported to this client as a ``gap(slow_client)`` before the next record
-    it gets); ``disconnect`` closes it
+    is larger: it always fits into an empty queue whole). When full, the ``drop`` policy
+    forgets the oldest (counted, and reported to this client as a ``gap(slow_client)``
+    before the next record it gets); ``disconnect`` closes it
     (code 1008). Replay after ``since`` is read from history as the writer goes, so it
     takes no queue space; records that left history meanwhile become a ``gap(history)``.
     """
@@ -153,20 +153,28 @@ class Client:
             and self.write_now(entries)
         ):
             return
-        # One batch always fits whole, however large (the server bounds batches): a client
-        # that had taken everything before it loses nothing to batching.
-        overflow = len(queue) + len(entries) - max(self.maxlen, len(entries))
+        # A batch fits whole into an empty queue, however large (the server bounds batches):
+        # a client that had taken everything before it loses nothing to batching.
+        overflow = len(queue) + len(entries) - (self.maxlen if queue else len(entries))
         if overflow > 0:
             if self.policy is SlowClientPolicy.DISCONNECT:
                 queue.extend(entries)  # kick() counts them
                 self.kick(1008, "client too slow: its queue is full")
                 return
-            if self._marks_queued:
-                self._forget(itertools.islice(queue, overflow))
+            if self._marks_queued or entries.marks:
+                self._forget(itertools.islice(itertools.chain(queue, entries), overflow))
             else:
                 self.dropped += overflow
                 self.hub.client_drops += overflow
-            self._queue = queue = deque(itertools.islice(queue, overflow, None))
+            if overflow < len(queue):
+                self._queue = queue = deque(itertools.islice(queue, overflow, None))
+            else:
+                kept = Batch(entries[overflow - len(queue) :])
+                kept.marks = sum(type(e) is LossMark for e in kept) if entries.marks else 0
+                queue.clear()
+                entries = kept
+            if self._marks_queued:
+                self._marks_queued = sum(type(e) is LossMark for e in queue)
         self._marks_queued += entries.marks
         queue.extend(entries)
         self._wake.set()
@@ -176,7 +184,6 @@ class Client:
         among them by what it announced: the client was never told of it)."""
         for item in items:
             if type(item) is LossMark:
-                self._marks_queued -= 1
                 if item.count is None:
                     self.dropped_unknown = True
                 else:
