@@ -679,3 +679,11 @@ def test_a_malformed_packed_record_is_refused_alone(packed: object) -> None:
     assert [e.log for e in entries] == ["ok", "ok"]
     with pytest.raises(ValueError, match="JSON array"):
         _wire.unpack_entries(b'{"a": 1}')
+
+
+def test_extras_keep_their_order_after_formatting() -> None:
+    """Extras come out in the order given, though formatting adds attributes after them."""
+    record = make_record("m", extra={"zeta": 1, "alpha": [2], "mid": "x"})
+    logging.Formatter("%(asctime)s %(message)s").format(record)
+
+    assert ["zeta", "alpha", "mid"] == list(render_record(record, "m").fields)

@@ -14,7 +14,7 @@ import os
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Set
 from typing import Any, Protocol
 
 _orjson_dumps: Callable[[Any], bytes] | None
@@ -247,12 +247,34 @@ def record_fields(record: logging.LogRecord) -> dict[str, Any]:
     # A set difference in C: most records have no extras, or one, and no loop in Python.
     extras = attrs.keys() - _RECORD_ATTRS
     if extras:
-        # In the order they were given (a set has none of its own).
-        names = [key for key in attrs if key in extras] if len(extras) > 1 else extras
-        for key in names:
+        for key in _in_given_order(attrs, extras):
             if not key.startswith("_"):
-                fields[key] = json_safe(attrs[key], 0, budget)
+                value = attrs[key]
+                cls = type(value)
+                # The common scalars as they are, without a call: this runs on every record.
+                if cls is str or cls is bool or value is None:
+                    fields[key] = value
+                else:
+                    fields[key] = json_safe(value, 0, budget)
     return fields
+
+
+def _in_given_order(attrs: dict[str, Any], extras: Set[str]) -> Iterable[str]:
+    """``extras`` in the order they were set on the record (a set has none of its own).
+
+    ``makeRecord`` sets them after the standard attributes, and only a few standard ones
+    (``message``, ``asctime``) come after them: looked for from the end, the walk is short.
+    """
+    if len(extras) == 1:
+        return extras
+    names: list[str] = []
+    for key in reversed(attrs):
+        if key in extras:
+            names.append(key)
+            if len(names) == len(extras):
+                break
+    names.reverse()
+    return names
 
 
 def default_message(record: logging.LogRecord) -> str:
