@@ -33,8 +33,10 @@ from conftest import (
 )
 
 import wslogging
+from wslogging._filters import Filter
+from wslogging._history import LossMark
 from wslogging._wire import LogEntry
-from wslogging.handler import HandlerState
+from wslogging.handler import REENTRANT_PARKED, HandlerState
 
 log = logging.getLogger("app")
 Configure = Callable[..., wslogging.WebSocketHandler]
@@ -732,3 +734,44 @@ async def test_record_with_impossible_numbers_is_streamed(
     async with session.get(f"{handler.url}/api/logs?since=0", headers=AUTH) as response:
         assert ["odd"] == [r["log"] for r in (await response.json())["records"]]
     await ws.close()
+
+
+def test_a_record_lost_inside_the_hand_off_is_told_without_waiting_for_its_lock(
+    handler: wslogging.WebSocketHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records a signal handler loses while its thread holds the hand-off's lock (more than
+    can be parked, and one that cannot be rendered) are counted and told to clients as one
+    gap(overflow) once the interrupted call is out: the thread never waits on its own lock."""
+    queue = handler._server._handoff._queue
+    put = queue._put
+    prepare = handler.prepare
+    interrupted = []
+
+    def put_under_the_lock(item: object) -> None:
+        put(item)
+        if getattr(item, "log", None) == "outer" and not interrupted:
+            interrupted.append(True)
+            for n in range(REENTRANT_PARKED + 1):  # one more than can be parked
+                log.warning("signal %d", n)
+            log.warning("unrenderable")
+
+    def failing_prepare(record: logging.LogRecord) -> LogEntry:
+        if record.msg == "unrenderable":
+            raise ValueError("cannot render")
+        return prepare(record)
+
+    monkeypatch.setattr(queue, "_put", put_under_the_lock)
+    monkeypatch.setattr(handler, "prepare", failing_prepare)
+    monkeypatch.setattr(handler, "handleError", lambda record: None)
+    done = threading.Event()
+
+    def app() -> None:
+        log.info("outer")
+        done.set()
+
+    threading.Thread(target=app, daemon=True).start()
+    assert done.wait(TIMEOUT)
+    history = handler._server.hub.history
+    wait_until(lambda: history.marks == 1)
+    (mark,) = [e for e in history.latest(Filter(), 200) if type(e) is LossMark]
+    assert (2, 2) == (mark.count, handler.records_dropped)

@@ -398,11 +398,23 @@ class WebSocketHandler(logging.Handler):
 
     def _lose(self) -> None:
         """A record lost on its way to the sink, before the hand-off: counted, and, where
-        this process serves, told to clients as ``gap(overflow)`` at this place."""
+        this process serves, told to clients as ``gap(overflow)``.
+
+        Telling goes through the hand-off, whose lock this thread may hold already (a signal
+        handler that logs while its thread is inside it): then the outer call tells, once
+        it is out (see :meth:`enqueue`), rather than wait for a lock its own thread holds.
+        """
         self._count_drop()
+        local = self._local.__dict__
+        if local.get("busy"):
+            local["lost"] = local.get("lost", 0) + 1
+        else:
+            self._tell_lost(1)
+
+    def _tell_lost(self, count: int) -> None:
         server = self._server
         if server is not None and self._sink is server:
-            server.lost(1)
+            server.lost(count)
 
     # -- the logging path -----------------------------------------------------------------
 
@@ -474,10 +486,12 @@ class WebSocketHandler(logging.Handler):
                 self._count_drop()
         finally:
             local["busy"] = False
-        # Anything a signal parked meanwhile, even after the submit and before busy was
-        # cleared, is here now: send it rather than leave it for this thread's next record.
+        # Anything a signal parked (or lost) meanwhile, even after the submit and before busy
+        # was cleared, is here now: send it rather than leave it for this thread's next record.
         if local.get("parked"):
             self._send_parked(local)
+        if local.get("lost"):
+            self._tell_lost(local.pop("lost"))
 
     def _send_parked(self, local: dict[str, Any]) -> None:
         """Send the entries parked by :meth:`enqueue`, in order, as it sends its own."""
