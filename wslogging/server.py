@@ -711,12 +711,12 @@ class LogServer:
         """Move records from the app's queue into the hub, in batches, never awaiting a
         client.
 
-        Each batch is everything waiting (up to a quarter of the queue), taken under one lock.
-        Under an error storm the app's
-        thread holds the GIL but for the switch interval, and every system call this thread
-        makes (a write to a client, the loop's poll) hands it back to the app for up to that
-        long (5 ms by default): the records that come meanwhile must go out with the next
-        batch, however many they are, or the queue overflows while the server sleeps.
+        Each batch is everything waiting (up to a quarter of the queue, at most
+        :data:`MAX_BATCH`), taken under one lock. Under an error storm the app's thread holds
+        the GIL but for the switch interval, and every system call this thread makes (a write
+        to a client, the loop's poll) hands it back to the app for up to that long (5 ms by
+        default): the records that come meanwhile must go out with the next batch, however
+        many they are, or the queue overflows while the server sleeps.
 
         Paced by its own cost: after a batch it rests as long as the batch took (at most
         :data:`MAX_REST` seconds) before it takes the next. Fanning a record out to a thousand
