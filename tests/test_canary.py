@@ -26,6 +26,7 @@ import pytest
 from conftest import AUTH, KEY, TIMEOUT
 
 import wslogging
+from wslogging._forwarder import DIRECT_BURST
 
 Configure = Callable[..., wslogging.WebSocketHandler]
 
@@ -33,10 +34,13 @@ Configure = Callable[..., wslogging.WebSocketHandler]
 WARNING_EVERY = 100
 
 # An app that configures logging through dictConfig (handler options as JSON in argv[1]),
-# prints its handler's URL, logs argv[2] numbered records in a tight loop once it reads a line,
-# prints "done", and shuts logging down when its stdin closes.
+# prints its handler's URL (once connected, if it forwards), logs argv[2] numbered records in
+# a tight loop once it reads a line, prints "done", and shuts logging down when its stdin
+# closes. Further arguments: "padded" adds 1,000 bytes to every message; "sigterm" has it
+# raise SIGTERM on itself right after the loop, as uvicorn does once it has logged its
+# shutdown: logging.shutdown() never runs.
 APP = """
-import json, logging, logging.config, sys
+import json, logging, logging.config, signal, sys, time
 options = json.loads(sys.argv[1])
 count = int(sys.argv[2])
 logging.config.dictConfig({
@@ -45,14 +49,20 @@ logging.config.dictConfig({
     "loggers": {"canary": {"level": "INFO", "handlers": ["live"], "propagate": False}},
 })
 (handler,) = logging.getLogger("canary").handlers
+deadline = time.monotonic() + 10
+while handler.serving_pid is None and time.monotonic() < deadline:
+    time.sleep(0.01)
 print(json.dumps({"url": handler.url, "role": handler.role}), flush=True)
 sys.stdin.readline()
 log = logging.getLogger("canary")
+pad = " " + "x" * 1000 if "padded" in sys.argv[3:] else ""
 for n in range(count):
     if n % %(every)d:
-        log.info("record %%d", n, extra={"n": n})
+        log.info("record %%d%%s", n, pad, extra={"n": n})
     else:
-        log.warning("record %%d", n, extra={"n": n})
+        log.warning("record %%d%%s", n, pad, extra={"n": n})
+if "sigterm" in sys.argv[3:]:
+    signal.raise_signal(signal.SIGTERM)
 print(json.dumps({"done": True, "dropped": handler.records_dropped}), flush=True)
 sys.stdin.read()
 logging.shutdown()
@@ -71,6 +81,7 @@ class Canary:
     unattributed: int = 0  # gaps that did not
     reasons: Counter[str] = field(default_factory=Counter)
     last_id: int | None = None
+    last_n: int = -1
 
     def frame(self, frame: dict[str, Any]) -> None:
         if frame["type"] == "log":
@@ -79,6 +90,9 @@ class Canary:
             self.last_id = record_id
             n = frame["fields"]["n"]
             assert n not in self.numbers, f"record {n} received twice"
+            # The app logs from one thread: its records arrive in the order it logged them.
+            assert n > self.last_n, f"record {n} came after record {self.last_n}"
+            self.last_n = n
             self.numbers.add(n)
             self.received[frame["level"]] += 1
         elif frame["type"] == "gap":
@@ -152,7 +166,7 @@ class App:
 async def start_app() -> AsyncIterator[Callable[..., Any]]:
     started: list[asyncio.subprocess.Process] = []
 
-    async def start(count: int, **options: Any) -> App:
+    async def start(count: int, *then: str, **options: Any) -> App:
         options = {"port": 0, "api_keys": [KEY], **options}
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -160,6 +174,7 @@ async def start_app() -> AsyncIterator[Callable[..., Any]]:
             APP,
             json.dumps(options),
             str(count),
+            *then,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -240,14 +255,18 @@ async def test_stalled_reader_is_accounted_for(
 
 
 async def test_forwarding_worker_that_drops_is_accounted_for(
-    configure: Configure, start_app: Callable[..., Any], session: aiohttp.ClientSession
+    start_app: Callable[..., Any], session: aiohttp.ClientSession
 ) -> None:
-    """A worker process forwarding to this one, with a tiny queue of its own, drops most of
-    a storm: the serving side announces them as ``gap(source)``, the last ones included
-    (sent as it closes), so the count is exact."""
-    serving = configure(history=100_000)
+    """A worker process forwarding to another, with a tiny queue of its own, drops most of
+    a storm logged while the serving process is stopped (SIGSTOP: nothing reads the
+    connection, so records cannot be written onto it either): the serving side announces
+    them as ``gap(source)``, the last ones included (sent as it closes), so the count is
+    exact."""
+    serving = await start_app(0, history=100_000)
     records = 20_000
-    app = await start_app(records, port=serving.port, queue_size=32)
+    port = int(serving.url.rsplit(":", 1)[1])
+    # Padded, so that the storm is more than the connection's buffers hold.
+    app = await start_app(records, "padded", port=port, queue_size=32)
     assert "forwarding" == app.role
     canary = Canary()
     pid = app.proc.pid
@@ -256,10 +275,15 @@ async def test_forwarding_worker_that_drops_is_accounted_for(
     ) as ws:
         assert "hello" == json.loads(await ws.receive_str(timeout=TIMEOUT))["type"]
         reader = asyncio.create_task(read_into(ws, canary))
-        dropped = await app.storm()
+        serving.proc.send_signal(signal.SIGSTOP)
+        try:
+            dropped = await app.storm()
+        finally:
+            serving.proc.send_signal(signal.SIGCONT)
         await app.finish()  # its handler's close reports the last drops
         await until(lambda: canary.total >= records, lambda: canary)
         reader.cancel()
+    await serving.finish()
     assert 0 < dropped
     canary.check(records)
     assert dropped == canary.announced
@@ -283,6 +307,32 @@ async def test_killed_forwarding_worker_is_announced(
         await app.proc.wait()
         await until(lambda: canary.unknown == 1, lambda: canary)
         reader.cancel()
+    assert {"source": 1} == dict(canary.reasons)
+
+
+async def test_worker_that_dies_by_a_signal_right_after_logging_loses_nothing(
+    configure: Configure, start_app: Callable[..., Any], session: aiohttp.ClientSession
+) -> None:
+    """A forwarding worker logs a burst and at once raises SIGTERM on itself, as uvicorn's
+    workers do when they stop: every record it logged arrives (its thread wrote them onto
+    the idle connection itself), and the connection's end without a close is announced,
+    count unknown. (A storm past DIRECT_BURST goes through the queue, and what a death
+    takes of it is told by that same gap.)"""
+    serving = configure(history=100_000)
+    records = DIRECT_BURST
+    app = await start_app(records, "sigterm", port=serving.port)
+    assert "forwarding" == app.role
+    canary = Canary()
+    async with session.ws_connect(f"{serving.url}/ws/logs", headers=AUTH) as ws:
+        assert "hello" == json.loads(await ws.receive_str(timeout=TIMEOUT))["type"]
+        reader = asyncio.create_task(read_into(ws, canary))
+        assert app.proc.stdin is not None
+        app.proc.stdin.write(b"go\n")
+        async with asyncio.timeout(TIMEOUT):
+            assert -signal.SIGTERM == await app.proc.wait()
+        await until(lambda: canary.unknown == 1, lambda: canary)
+        reader.cancel()
+    assert records == sum(canary.received.values()), canary
     assert {"source": 1} == dict(canary.reasons)
 
 

@@ -158,6 +158,52 @@ async def test_forwarder_closes_cleanly_and_delivers(
     assert len(ticks) == entry["records_received"]
 
 
+# A forwarding process whose threads log numbered records in bursts, some written by the
+# threads themselves (while the connection is idle), the rest through the queue.
+THREADED = """
+import logging, logging.config, sys, threading, time
+logging.config.dictConfig({"version": 1, "handlers": {"live": {
+    "class": "wslogging.WebSocketHandler", "port": int(sys.argv[1]), "api_keys": "k"}},
+    "loggers": {"threads": {"level": "INFO", "handlers": ["live"]}}})
+(handler,) = logging.getLogger("threads").handlers
+deadline = time.monotonic() + 10
+while handler.serving_pid is None and time.monotonic() < deadline:
+    time.sleep(0.01)
+log = logging.getLogger("threads")
+def run(t):
+    for i in range(2000):
+        log.info("record", extra={"t": t, "i": i})
+        if i % 150 == 0:
+            time.sleep(0.005)
+threads = [threading.Thread(target=run, args=(t,)) for t in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(handler.records_dropped, flush=True)
+logging.shutdown()
+"""
+
+
+async def test_each_thread_s_records_arrive_in_order(
+    configure: Callable[..., wslogging.WebSocketHandler],
+    session: aiohttp.ClientSession,
+    spawn: Spawn,
+) -> None:
+    """Four threads of a forwarding process log in bursts, each record written either by
+    its own thread or through the queue: every record arrives, each thread's in order."""
+    handler = configure(history=20_000)
+    child = spawn("-c", THREADED, str(handler.port))
+    out, err = child.communicate(timeout=TIMEOUT)
+    assert 0 == child.returncode, err
+    assert "0" == out.strip()
+    query = f"since=0&limit=10000&pid={child.pid}"
+    async with session.get(f"{handler.url}/api/logs?{query}", headers=AUTH) as response:
+        records = (await response.json())["records"]
+    for t in range(4):
+        assert list(range(2000)) == [r["fields"]["i"] for r in records if r["fields"]["t"] == t]
+
+
 async def ingest(
     session: aiohttp.ClientSession, url: str, secret: str, *, right: bool = True
 ) -> aiohttp.ClientWebSocketResponse:

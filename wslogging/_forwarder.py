@@ -4,6 +4,11 @@ the port over when that one goes.
 One daemon thread with its own loop, fed by the same bounded hand-off as the server
 (:class:`Handoff`), connected to the serving process's ``/ws/ingest`` over loopback (the
 protocol is in :mod:`wslogging._ingest`).
+
+While that connection is idle, a record is written to it by the thread that logs it, at once
+(:class:`_Writer`): a worker that dies by a signal right after logging (uvicorn re-raises the
+SIGTERM it handled, so ``logging.shutdown()`` never runs) has its last records on their way
+already, instead of in a queue its thread had no turn to send.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import errno
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 import aiohttp
@@ -43,11 +49,167 @@ MAX_RETRY = 1.0
 HEARTBEAT = 5.0
 # How long a stopping forwarder lets its TLS connection finish closing.
 TLS_SHUTDOWN = 0.25
+# No SIGPIPE from a write to a connection the server has closed (an app may have restored
+# the signal's default, which would kill it): the write fails with EPIPE instead.
+_NO_SIGPIPE = getattr(socket, "MSG_NOSIGNAL", 0)
+# How many records a second app threads may write themselves, at most DIRECT_BURST at once (a
+# token bucket): room for an app's everyday logging and for the records of an exit, at a
+# system call each, while a storm goes through the queue in batches (a system call for up to
+# _ingest.MAX_BATCH records, on the forwarder's thread).
+DIRECT_RATE = 2000.0
+DIRECT_BURST = 200
 
 # Called on the forwarder's thread with the socket it has just bound, and the rendezvous last
 # read (``None`` if never): returns the server now serving on it, or ``None`` if the handler
 # is closed meanwhile (the socket is then closed).
 TakeOver = Callable[[socket.socket, Rendezvous | None], LogServer | None]
+
+
+class _Writer:
+    """The write side of a plain (not TLS) ingest connection, shared by the forwarder's
+    thread and the app's threads: every frame goes onto the socket whole and in order.
+
+    A thread that logs writes its record itself (:meth:`write_now`) while the connection is
+    idle (nothing queued, no batch taken from the queue and not yet written, nothing left of
+    an earlier frame) and records come no faster than :data:`DIRECT_RATE`. It never waits:
+    the lock is only tried, the socket never blocks (a socket too full to take a byte leaves
+    the record to the queue), and the rest of a frame the socket took only part of is
+    written by the forwarder's thread. That thread writes with :meth:`write`, waiting on its
+    loop for the socket to take each frame.
+
+    The socket is a duplicate of the connection's: aiohttp's transport still reads from the
+    connection and makes its closing handshake, and never writes while this is in use.
+    """
+
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        self.lock = threading.Lock()
+        # Under the lock: a batch is out of the queue and not yet written.
+        self.taken = False
+        self._sock = sock
+        self._loop = loop
+        self._rest: bytes | memoryview = b""  # under the lock: what the socket has yet to take
+        self._open = True
+        # The token bucket (see DIRECT_RATE): changed under the lock, read without.
+        self._tokens = float(DIRECT_BURST)
+        self._filled = time.monotonic()
+        self._writable: asyncio.Future[None] | None = None
+        self._finishing: asyncio.Task[None] | None = None
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def frame(self, opcode: int, payload: bytes) -> bytes:
+        return _ingest.client_frame(opcode, payload, os.urandom(4))
+
+    def write_now(self, entry: _wire.LogEntry, queued: Callable[[], int]) -> bool:
+        """Any thread: write ``entry`` at once if the connection is idle and takes it;
+        whether it did (if not, nothing was written, and the caller queues ``entry``)."""
+        if (
+            self.taken
+            or self._rest
+            or not self._open
+            or (self._tokens < 1 and (time.monotonic() - self._filled) * DIRECT_RATE < 1)
+            or queued()
+        ):
+            return False  # a look without the lock, to spare the work below
+        payload = _wire.pack_entries((entry,))
+        if len(payload) > _ingest.MAX_FRAME:
+            return False  # the forwarder's thread drops (and counts) it
+        frame = self.frame(_ingest.OP_BINARY, payload)
+        if not self.lock.acquire(blocking=False):
+            return False  # another thread is writing: never wait for it
+        try:
+            if self.taken or self._rest or not self._open or queued():
+                return False
+            now = time.monotonic()
+            tokens = min(DIRECT_BURST, self._tokens + (now - self._filled) * DIRECT_RATE)
+            self._filled = now
+            if tokens < 1:
+                self._tokens = tokens
+                return False
+            sent = self._send(frame)
+            if not sent:
+                self._tokens = tokens
+                return False
+            self._tokens = tokens - 1
+            if sent < len(frame):
+                self._rest = memoryview(frame)[sent:]
+                with contextlib.suppress(RuntimeError):  # the loop is closed
+                    self._loop.call_soon_threadsafe(self._finish)
+            return True
+        finally:
+            self.lock.release()
+
+    def _send(self, data: bytes | memoryview) -> int:
+        """Write what the socket takes of ``data`` now (the lock held); how much."""
+        try:
+            return self._sock.send(data, _NO_SIGPIPE)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            self._open = False  # the reader sees the connection end, and the session ends
+            return 0
+
+    async def write(self, frame: bytes) -> None:
+        """Loop side: write ``frame`` after everything before it, waiting as long as the
+        socket takes; ``ConnectionResetError`` once the connection is broken."""
+        while True:
+            await self.flush()
+            with self.lock:
+                if not self._rest:
+                    if self._open:
+                        self._rest = memoryview(frame)[self._send(frame) :]
+                    break
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Loop side: until the socket has taken every frame written so far."""
+        while True:
+            with self.lock:
+                if self._rest and self._open:
+                    self._rest = self._rest[self._send(self._rest) :]
+                if not self._open:
+                    raise ConnectionResetError("the connection to the serving process broke")
+                if not self._rest:
+                    return
+            await self._until_writable()
+
+    async def _until_writable(self) -> None:
+        writable = self._writable
+        if writable is None:
+            writable = self._writable = self._loop.create_future()
+            fd = self.fileno()
+
+            def ready() -> None:
+                self._loop.remove_writer(fd)
+                self._writable = None
+                if not writable.done():
+                    writable.set_result(None)
+
+            self._loop.add_writer(fd, ready)
+        await asyncio.shield(writable)
+
+    def _finish(self) -> None:
+        """Loop side: write the rest of a frame an app thread began."""
+        if self._finishing is None or self._finishing.done():
+            self._finishing = self._loop.create_task(self._flush_quietly())
+
+    async def _flush_quietly(self) -> None:
+        with contextlib.suppress(ConnectionError):  # the session sees it and ends
+            await self.flush()
+
+    def close(self) -> None:
+        """Loop side: no more writes from anyone; what is not written is given up."""
+        with self.lock:
+            self._open = False
+            self._rest = b""
+        if self._writable is not None:
+            self._loop.remove_writer(self.fileno())
+            self._writable.cancel()
+            self._writable = None
+        if self._finishing is not None:
+            self._finishing.cancel()
+        self._sock.close()
 
 
 class ForwarderState(enum.Enum):
@@ -70,10 +232,13 @@ class Forwarder:
     Its thread: reads the rendezvous file, connects, proves it knows the secret and has the
     server prove it too, then sends batches (at most :data:`_ingest.MAX_BATCH` records and
     :data:`_ingest.MAX_FRAME` bytes each; a single record larger than that is dropped and
-    counted) and its drop count. While the connection is down, records wait in the queue
-    (up to its bound). Whenever the connection is down it tries to bind the port first: the
-    one that binds it calls ``take_over`` and becomes the server, moving the records still
-    queued here (and the batch whose send failed) into it; the others connect to it.
+    counted) and its drop count. While the connection is plain (not TLS) and idle, a record
+    is written by the thread that logs it instead, without waiting (see :class:`_Writer`),
+    so that it is on its way even if the process dies by a signal the next moment. While
+    the connection is down, records wait in the queue (up to its bound). Whenever the
+    connection is down it tries to bind the port first: the one that binds it calls
+    ``take_over`` and becomes the server, moving the records still queued here (and the
+    batch whose send failed) into it; the others connect to it.
 
     Records already written to a connection that then breaks may be lost with the process
     that was serving, as its own queue and history are.
@@ -107,6 +272,11 @@ class Forwarder:
         self._stopped = threading.Event()
         self._connected = threading.Event()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        # The write side while the connection is plain (see _Writer); None otherwise.
+        self._writer: _Writer | None = None
+        # The drop count last sent to the server, on this connection.
+        self._reported = -1
+        self._pong = asyncio.Event()
         self._problem = ""
 
     @property
@@ -146,6 +316,13 @@ class Forwarder:
             self.start()
             handoff = self._handoff
             assert handoff is not None
+        writer = self._writer
+        if (
+            writer is not None
+            and self._dropped() == self._reported  # else the queue, which reports them first
+            and writer.write_now(entry, handoff.qsize)
+        ):
+            return True
         if handoff.put(entry):
             return True
         # Handed over while this record was on its way: the new server takes it.
@@ -174,11 +351,13 @@ class Forwarder:
         :func:`wslogging.server.release_descriptors`)."""
         self.state = ForwarderState.CLOSED
         self._handoff = None
-        ws = self._ws
+        ws, writer, self._writer = self._ws, self._writer, None
         with contextlib.suppress(Exception):
             sock = ws.get_extra_info("socket") if ws is not None else None
-            if sock is not None:
-                release_descriptors([sock.fileno()])
+            descriptors = [sock.fileno()] if sock is not None else []
+            if writer is not None:
+                descriptors.append(writer.fileno())
+            release_descriptors(descriptors)
 
     # -- forwarder thread -----------------------------------------------------------------
 
@@ -219,11 +398,7 @@ class Forwarder:
     def _give_up(self) -> None:
         """Stop sending: shut the connection down (a send waiting for a server that takes
         nothing fails at once, and the socket is closed, not left behind), then stop."""
-        ws = self._ws
-        sock = ws.get_extra_info("socket") if ws is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        self._cut(self._ws)
         if self._main is not None:
             self._main.cancel()
 
@@ -293,10 +468,13 @@ class Forwarder:
         url = f"{scheme}://{host}{_ingest.INGEST_PATH}?nonce={nonce}"
         try:
             # The certificate is not checked: the peer proves itself with the secret instead.
+            # Pings, pongs and the closing handshake are ours (see _read and _beat): aiohttp
+            # must not write on its own while app threads write (see _Writer).
             async with session.ws_connect(
                 url,
                 ssl=False,
-                heartbeat=HEARTBEAT,
+                autoping=False,
+                autoclose=False,
                 compress=0,
                 max_msg_size=_ingest.MAX_CONTROL * 4,
             ) as ws:
@@ -321,6 +499,7 @@ class Forwarder:
                     self._connected.clear()
                     self.server_pid = None
                     self._ws = None
+                    self._close_writer()
                 return True
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             # Not str(exc) for a refused handshake: it quotes the URL, whose nonce is new on
@@ -341,15 +520,67 @@ class Forwarder:
             raise _ingest.IngestError(f"refused ({ws.close_code}: {reason})")
         return str(message.data)
 
+    def _open_writer(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Let app threads write to a plain connection (see :class:`_Writer`)."""
+        sock = ws.get_extra_info("socket")
+        if self.options.ssl_certfile or sock is None:
+            return  # TLS: only the loop's transport can write
+        assert self._loop is not None
+        writer = _Writer(socket.socket(fileno=os.dup(sock.fileno())), self._loop)
+        writer.taken = bool(self._pending)  # a batch a broken connection left goes first
+        self._writer = writer
+
+    def _close_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+
+    def _take(self, limit: int) -> list[_wire.LogEntry] | None:
+        """Records from the queue; while app threads may write, noted as taken in the same
+        hold of the writer's lock, so that none writes ahead of them."""
+        assert self._handoff is not None
+        writer = self._writer
+        if writer is None:
+            return self._handoff.take(limit)
+        with writer.lock:
+            entries = self._handoff.take(limit)
+            writer.taken = bool(entries)
+        return entries
+
+    async def _send(self, ws: aiohttp.ClientWebSocketResponse, opcode: int, data: bytes) -> None:
+        """One frame, through the writer when there is one, else through aiohttp."""
+        writer = self._writer
+        if writer is not None:
+            await writer.write(writer.frame(opcode, data))
+        elif opcode == _ingest.OP_BINARY:
+            await ws.send_bytes(data)
+        elif opcode == _ingest.OP_TEXT:
+            await ws.send_str(data.decode())
+        elif opcode == _ingest.OP_PING:
+            await ws.ping(data)
+        else:
+            await ws.pong(data)
+
+    async def _report_dropped(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        dropped = self._dropped()
+        if dropped != self._reported:
+            await self._send(ws, _ingest.OP_TEXT, _ingest.dropped_message(dropped).encode())
+            self._reported = dropped
+
     async def _pump(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         """Send batches until the queue is shut and empty or the connection ends."""
         assert self._handoff is not None
+        self._reported = -1
+        self._open_writer(ws)
         reader = asyncio.ensure_future(self._read(ws))
-        reported = -1
+        beat = asyncio.ensure_future(self._beat(ws))
         try:
+            await self._report_dropped(ws)
             while True:
                 if not self._pending:
-                    getter = asyncio.ensure_future(self._handoff.get_batch(_ingest.MAX_BATCH))
+                    getter = asyncio.ensure_future(
+                        self._handoff.get_batch(_ingest.MAX_BATCH, self._take)
+                    )
                     await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
                     if not getter.done():
                         getter.cancel()  # it holds no records while it waits
@@ -358,19 +589,22 @@ class Forwarder:
                     if not self._pending:
                         # Closing, and everything is sent: the last drops, then the close
                         # that tells the server nothing more was lost.
-                        if self._dropped() != reported:
-                            await ws.send_str(_ingest.dropped_message(self._dropped()))
+                        await self._report_dropped(ws)
+                        if self._writer is not None:
+                            await self._writer.flush()
+                            self._close_writer()
                         await ws.close()
                         return
-                dropped = self._dropped()
-                if dropped != reported:
-                    await ws.send_str(_ingest.dropped_message(dropped))
-                    reported = dropped
+                await self._report_dropped(ws)
                 for frame in self._frames(self._pending):
-                    await ws.send_bytes(frame)
+                    await self._send(ws, _ingest.OP_BINARY, frame)
                 self._pending = []
+                if self._writer is not None:
+                    with self._writer.lock:
+                        self._writer.taken = False
         finally:
             reader.cancel()
+            beat.cancel()
 
     def _frames(self, entries: list[_wire.LogEntry]) -> list[bytes]:
         """``entries`` packed in frames of at most :data:`_ingest.MAX_FRAME` bytes."""
@@ -384,10 +618,42 @@ class Forwarder:
         return self._frames(entries[:half]) + self._frames(entries[half:])
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        """Read until the connection ends; the server's ``error`` frames go to stderr."""
-        async for message in ws:
-            if message.type is aiohttp.WSMsgType.TEXT:
+        """Read until the connection ends (or the server closes it); the server's ``error``
+        frames go to stderr."""
+        while True:
+            message = await ws.receive()
+            kind = message.type
+            if kind is aiohttp.WSMsgType.TEXT:
                 self._report(f"the serving process says: {str(message.data)[:300]}")
+            elif kind is aiohttp.WSMsgType.PONG:
+                self._pong.set()
+            elif kind is aiohttp.WSMsgType.PING:
+                with contextlib.suppress(ConnectionError):
+                    await self._send(ws, _ingest.OP_PONG, message.data)
+            elif kind is not aiohttp.WSMsgType.BINARY:
+                return  # closed, closing, or broken
+
+    async def _beat(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Ping every :data:`HEARTBEAT` seconds; a server that does not answer within half
+        of that is given up (the connection is shut, and the session ends)."""
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            self._pong.clear()
+            try:
+                await self._send(ws, _ingest.OP_PING, b"")
+                async with asyncio.timeout(HEARTBEAT / 2):
+                    await self._pong.wait()
+            except (ConnectionError, TimeoutError):
+                self._cut(ws)
+                return
+
+    @staticmethod
+    def _cut(ws: aiohttp.ClientWebSocketResponse | None) -> None:
+        """Shut the connection down, both ways, at once (its reader then ends)."""
+        sock = ws.get_extra_info("socket") if ws is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def _report(self, line: str) -> None:
         """Say ``line`` on stderr, once until the next connection succeeds."""

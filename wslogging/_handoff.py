@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import janus
@@ -202,22 +203,36 @@ class Handoff(Generic[T]):
         with contextlib.suppress(RuntimeError):  # the loop is closed: the server is gone
             self._loop.call_soon_threadsafe(self._ready.set)
 
-    async def get_batch(self, limit: int) -> list[T]:
-        """Up to ``limit`` items in order (loop side), waiting while there are none; ``[]``
-        only once :meth:`shutdown` was called and every item has been taken. With ``mark``,
-        :class:`Lost` markers among them (each counts as one of ``limit``)."""
+    def take(self, limit: int) -> list[T] | None:
+        """Up to ``limit`` items waiting now, in order, without waiting (loop side): ``[]``
+        when there are none, ``None`` once :meth:`shutdown` was called and every item has
+        been taken. With ``mark``, :class:`Lost` markers among them (each counts as one of
+        ``limit``)."""
         queue = self._queue
         queue.take = limit
-        get = queue.async_q.get_nowait
+        try:
+            items: list[T] = queue.async_q.get_nowait()
+        except janus.AsyncQueueEmpty:
+            return []
+        except janus.AsyncQueueShutDown:
+            return None
+        return items
+
+    async def get_batch(
+        self, limit: int, take: Callable[[int], list[T] | None] | None = None
+    ) -> list[T]:
+        """Up to ``limit`` items in order (loop side), waiting while there are none; ``[]``
+        only once :meth:`shutdown` was called and every item has been taken. ``take`` (by
+        default :meth:`take`) is how they are taken, for a consumer that must note under a
+        lock of its own that it holds them."""
+        take = take or self.take
+        queue = self._queue
         lingered = False
         while True:
-            try:
-                items: list[T] = get()
-            except janus.AsyncQueueEmpty:
-                pass
-            except janus.AsyncQueueShutDown:
+            items = take(limit)
+            if items is None:
                 return []  # shut down and drained
-            else:
+            if items:
                 return items
             if not lingered:
                 # In a busy app the next record is about to come: look again a moment later

@@ -27,6 +27,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,3 +155,29 @@ def parse_dropped(text: str) -> int:
 
 def error_message(detail: str) -> str:
     return json.dumps({"type": "error", "detail": detail})
+
+
+# WebSocket opcodes (RFC 6455 §5.2) of the frames a forwarder writes itself.
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+
+
+def client_frame(opcode: int, payload: bytes, mask: bytes) -> bytes:
+    """One final WebSocket frame as a client sends it (RFC 6455 §5.2): ``payload`` masked
+    with the 4 bytes of ``mask`` (which the caller draws anew for every frame)."""
+    size = len(payload)
+    first = 0x80 | opcode
+    if size < 126:
+        header = struct.pack("!BB", first, 0x80 | size)
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", first, 0x80 | 126, size)
+    else:
+        header = struct.pack("!BBQ", first, 0x80 | 127, size)
+    # Byte i is XORed with mask[i % 4]: done on whole integers, which is C's work, not a
+    # Python loop per byte.
+    key = int.from_bytes((mask * (size // 4 + 1))[:size], "little")
+    masked = (int.from_bytes(payload, "little") ^ key).to_bytes(size, "little")
+    return header + mask + masked
