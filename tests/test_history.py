@@ -442,3 +442,75 @@ def test_marks_remembered_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         history.extend_marked([LossMark(1, "overflow", {}), make_entry("r")])
 
     assert (None, 2, 3) == (history.missed(100, 105), history.missed(103, 105), history.marks)
+
+
+# -- what a filtering client missed ---------------------------------------------------------
+
+
+def mixed(maxlen: int) -> History:
+    """Ids 100..119: every 4th an ERROR of "app.db" (pid 1), the others INFO of "app"
+    (pid 2); a loss mark of 3 at id 120; then 121..128, INFO of "app"."""
+    items: list[LogEntry | LossMark] = [
+        make_entry(f"m{n}", levelno=logging.ERROR, logger="app.db", pid=1)
+        if n % 4 == 0
+        else make_entry(f"m{n}", pid=2)
+        for n in range(20)
+    ]
+    items.append(LossMark(3, "overflow", {}))
+    items += [make_entry(f"late{n}", pid=2) for n in range(8)]
+    return marked(maxlen, items)
+
+
+@pytest.mark.parametrize(
+    ("flt", "missed"),
+    [
+        (Filter(), 20 + 3),
+        (Filter(level=logging.ERROR), 5 + 3),
+        (Filter(loggers=("app.db",)), 5 + 3),
+        (Filter(loggers=("app",), level=logging.WARNING), 5 + 3),
+        (Filter(pids=frozenset({2})), 15 + 3),
+        (Filter(categories=frozenset({"elsewhere"})), 0 + 3),
+    ],
+)
+def test_a_forgotten_range_counts_only_what_matches(flt: Filter, missed: int) -> None:
+    """Records that left the ring are remembered by level and source: a resume across them
+    counts those the filter matches, and what the marks among them announced."""
+    history = mixed(8)  # holds 121..128, remembers 89..120
+
+    assert (121, Gap(missed, "history")) == history.resume(99, flt)
+
+
+def test_a_forgotten_range_of_no_match_is_no_gap() -> None:
+    """A filter that none of the forgotten records match: no gap, the replay starts at the
+    oldest held."""
+    history = marked(4, [make_entry(f"m{n}") for n in range(10)])
+
+    assert (106, None) == history.resume(99, Filter(level=logging.ERROR))
+
+
+def test_what_a_filter_missed_is_unknown_when_it_reads_the_message() -> None:
+    """``grep`` and ``fields`` read what is not remembered of a forgotten record."""
+    history = mixed(8)
+
+    assert Gap(None, "history") == history.resume(99, Filter(grep="m1"))[1]
+    assert Gap(None, "history") == history.resume(99, Filter(fields=(("k", "v"),)))[1]
+
+
+def test_what_a_filter_missed_is_unknown_past_the_shadows() -> None:
+    """Only SHADOWED times the ring's size is remembered: further back, unknown for a filter
+    (a client without one still gets the count)."""
+    history = marked(2, [make_entry(f"m{n}") for n in range(20)])  # holds 118, 119
+
+    assert Gap(None, "history") == history.resume(99, Filter(level=logging.ERROR))[1]
+    assert Gap(18, "history") == history.resume(99, Filter())[1]
+    assert (118, None) == history.resume(109, Filter(level=logging.ERROR))  # 110..117 kept
+
+
+def test_sources_remembered_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_SOURCES distinct sources a record is remembered by its level only: a level
+    filter still counts, a logger filter cannot."""
+    monkeypatch.setattr(_history, "MAX_SOURCES", 2)
+    history = marked(2, [make_entry(f"m{n}", logger=f"app.{n}") for n in range(6)])
+
+    assert Gap(4, "history") == history.resume(99, Filter(level=logging.INFO))[1]
+    assert Gap(None, "history") == history.resume(99, Filter(loggers=("app.1",)))[1]

@@ -70,22 +70,32 @@ class Filter:
 
     def matches(self, entry: LogEntry) -> bool:
         """Whether ``entry`` passes every part of this filter."""
-        if entry.levelno < self.level:
-            return False
-        if self.loggers and not any(
-            entry.logger == p or entry.logger.startswith(p + ".") for p in self.loggers
-        ):
-            return False
-        if self.categories and entry.category not in self.categories:
+        if not self.matches_source(entry.levelno, entry.logger, entry.category, entry.pid):
             return False
         if self.grep is not None and self.grep not in entry.log:
-            return False
-        if self.pids and entry.pid not in self.pids:
             return False
         for key, text in self.fields:
             if key not in entry.fields or field_text(entry.fields[key]) != text:
                 return False
         return True
+
+    def matches_source(self, levelno: int, logger: str, category: str, pid: int | None) -> bool:
+        """Whether a record of this level, logger, category and pid passes the parts of this
+        filter that look at nothing else (all but ``grep`` and ``fields``)."""
+        if levelno < self.level:
+            return False
+        if self.loggers and not any(
+            logger == p or logger.startswith(p + ".") for p in self.loggers
+        ):
+            return False
+        if self.categories and category not in self.categories:
+            return False
+        return not self.pids or pid in self.pids
+
+    @property
+    def reads_content(self) -> bool:
+        """Whether matching looks at a record's message or fields (``grep``, ``fields``)."""
+        return self.grep is not None or bool(self.fields)
 
     @property
     def filtering(self) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import time
 import weakref
+from array import array
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -25,15 +26,25 @@ from ._wire import LogEntry, dumps, gap_message
 # Loss marks whose ids and counts are remembered after they leave the ring, so that a gap for
 # a forgotten range can still count the losses it spans (see History.missed).
 MAX_MARKS = 10000
+# Records forgotten from the ring are remembered by level, logger, category and pid (3 bytes
+# each), SHADOWED times as many as the ring holds, so that a filtering client's
+# ``gap(history)`` counts only the records it would have been sent (see History.missed).
+SHADOWED = 4
+# Distinct (logger, category, pid) remembered so; a record of one more is remembered by its
+# level only.
+MAX_SOURCES = 4096
+# Shadow keys that stand for no source: a loss mark, and a source past MAX_SOURCES.
+_MARK = 0xFFFF
+_UNKNOWN = 0xFFFE
 
 
 @dataclass(frozen=True)
 class Gap:
     """Records a client should have had and will not get.
 
-    ``missed`` counts the records lost (all of them, whether or not they would have matched the
-    client's filter) or is ``None`` when unknown; ``reason`` is ``"history"``, ``"slow_client"``
-    or ``"restart"``.
+    ``missed`` counts the records lost that the client would have been sent (those matching
+    its filter, and what loss marks among them announced) or is ``None`` when unknown;
+    ``reason`` is ``"history"``, ``"slow_client"`` or ``"restart"``.
     """
 
     missed: int | None
@@ -114,8 +125,10 @@ _runs: weakref.WeakSet[History] = weakref.WeakSet()
 class History:
     """A ring of the last ``maxlen`` accepted entries, indexed by id in O(1).
 
-    Bounded: appending to a full ring forgets the oldest entry. ``maxlen`` may be 0 (no
-    replay; ids are still assigned).
+    Bounded: appending to a full ring forgets the oldest entry, whose level and source
+    (logger, category, pid) are kept a while longer, in a ring of :data:`SHADOWED` times
+    ``maxlen`` shadows of 3 bytes each. ``maxlen`` may be 0 (no replay; ids are still
+    assigned).
     """
 
     _next_id: int
@@ -136,6 +149,11 @@ class History:
         self._mark_counts: deque[int | None] = deque()
         self._marks_forgotten_below = first_id
         self.marks = 0
+        self._shadows = SHADOWED * maxlen
+        self._shadow_levels = bytearray(self._shadows)
+        self._shadow_sources = array("H", bytes(2 * self._shadows))
+        self._sources: dict[tuple[str, str, int | None], int] = {}
+        self._source_list: list[tuple[str, str, int | None]] = []
 
     @property
     def records(self) -> int:
@@ -173,12 +191,38 @@ class History:
         next_id = self._next_id
         maxlen = self.maxlen
         ring = self._ring
+        # The entries it overwrites leave their shadows (see _shadow), inline: this runs for
+        # every record the server takes.
+        shadows = self._shadows
+        full_from = self.first_id + maxlen
+        levels, keys, sources = self._shadow_levels, self._shadow_sources, self._sources
         for entry in entries:
             entry.id = next_id
             if maxlen:
-                ring[next_id % maxlen] = entry
+                slot = next_id % maxlen
+                if next_id >= full_from:
+                    old: Any = ring[slot]
+                    old_slot = old.id % shadows
+                    if type(old) is LossMark:
+                        keys[old_slot] = _MARK
+                    else:
+                        levelno = old.levelno
+                        levels[old_slot] = levelno if levelno < 255 else 255
+                        key = sources.get((old.logger, old.category, old.pid))
+                        keys[old_slot] = self._new_source(old) if key is None else key
+                ring[slot] = entry
             next_id += 1
         self._next_id = next_id
+
+    def _new_source(self, entry: LogEntry) -> int:
+        """The shadow key of a source seen for the first time (:data:`_UNKNOWN` once
+        :data:`MAX_SOURCES` are known)."""
+        if len(self._source_list) >= MAX_SOURCES:
+            return _UNKNOWN
+        source = (entry.logger, entry.category, entry.pid)
+        key = self._sources[source] = len(self._source_list)
+        self._source_list.append(source)
+        return key
 
     def extend_marked(self, entries: Sequence[Held]) -> None:
         """:meth:`extend`, for a batch with loss marks among its records: their ids and counts
@@ -194,23 +238,59 @@ class History:
             self._marks_forgotten_below = ids.popleft() + 1
             counts.popleft()
 
-    def missed(self, start: int, end: int) -> int | None:
+    def missed(self, start: int, end: int, flt: Filter | None = None) -> int | None:
         """How many records a client lost that resumes at ``start`` when the oldest it can be
-        given is ``end``: the records with ids in ``[start, end)`` plus what the loss marks
-        among them announced; ``None`` when that cannot be known (a mark there announced an
-        unknown number, or the range reaches back past the marks remembered)."""
+        given is ``end`` (at most the oldest held): the records with ids in ``[start, end)``
+        that match ``flt``, plus what the loss marks among them announced; ``None`` when that
+        cannot be known (a mark there announced an unknown number, the range reaches back
+        past the marks remembered, or, for a filter, past the shadows kept, or the filter
+        reads the message or fields, which are not kept)."""
         if start >= end:
             return 0
         ids = self._mark_ids
         if start < self._marks_forgotten_below and self.marks > len(ids):
             return None
         lo, hi = bisect.bisect_left(ids, start), bisect.bisect_left(ids, end)
-        total = end - start - (hi - lo)
+        if flt is None or not flt.filtering:
+            total = end - start - (hi - lo)
+        else:
+            matching = self._matching(start, end, flt)
+            if matching is None:
+                return None
+            total = matching
         for index in range(lo, hi):
             count = self._mark_counts[index]
             if count is None:
                 return None
             total += count
+        return total
+
+    def _matching(self, start: int, end: int, flt: Filter) -> int | None:
+        """The forgotten records with ids in ``[start, end)`` that match ``flt``, counted
+        from their shadows; ``None`` when that cannot be known (see :meth:`missed`)."""
+        shadows = self._shadows
+        if flt.reads_content or flt.level > 255 or start < self.oldest_id - shadows:
+            return None
+        start = max(start, self.first_id)
+        levels, keys, sources = self._shadow_levels, self._shadow_sources, self._source_list
+        by_source = flt.loggers or flt.categories or flt.pids
+        level = flt.level
+        matches: dict[int, bool] = {}
+        total = 0
+        for entry_id in range(start, end):
+            slot = entry_id % shadows
+            key = keys[slot]
+            if key == _MARK or levels[slot] < level:
+                continue  # a mark is counted by what it announced
+            if not by_source:
+                total += 1
+                continue
+            if key == _UNKNOWN:
+                return None
+            match = matches.get(key)
+            if match is None:  # by source alone: the level has passed already
+                match = matches[key] = flt.matches_source(level, *sources[key])
+            total += match
         return total
 
     def get(self, entry_id: int) -> Held | None:
@@ -219,15 +299,17 @@ class History:
             return self._ring[entry_id % self.maxlen]
         return None
 
-    def resume(self, since: int | Resume | None) -> tuple[int, Gap | None]:
+    def resume(
+        self, since: int | Resume | None, flt: Filter | None = None
+    ) -> tuple[int, Gap | None]:
         """Where a client that last saw ``since`` continues, and the gap it must be told first.
 
         - ``None``: live only, from the next record on.
         - a :class:`Resume`: what it says.
         - ``0``: everything this run still holds (a gap only if some of it was forgotten).
         - an id of this run still held: right after it, no gap.
-        - an id of this run already forgotten: ``gap(history)`` counting what was forgotten,
-          then the oldest held.
+        - an id of this run already forgotten: ``gap(history)`` counting what was forgotten
+          that matches ``flt`` (none: no gap), then the oldest held.
         - an id this run never issued (an earlier run, another server): ``gap(restart)`` with
           ``missed`` unknown, then the oldest held.
         """
@@ -239,9 +321,10 @@ class History:
             since = self.first_id - 1
         if self.first_id - 1 <= since <= self.last_id:
             start = since + 1
-            if start >= self.oldest_id:
-                return start, None
-            return self.oldest_id, Gap(self.missed(start, self.oldest_id), "history")
+            missed = self.missed(start, self.oldest_id, flt) if start < self.oldest_id else 0
+            if missed == 0:
+                return max(start, self.oldest_id), None
+            return self.oldest_id, Gap(missed, "history")
         return self.oldest_id, Gap(None, "restart")
 
     def page(self, start: int, end: int, flt: Filter, limit: int) -> tuple[list[Held], int]:

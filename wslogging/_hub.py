@@ -251,7 +251,9 @@ class Client:
             if self._replay_next < history.oldest_id:
                 # Only the replay range counts: later ids are in the live queue, not lost.
                 lost_until = min(history.oldest_id, self._replay_end + 1)
-                items.append(Gap(history.missed(self._replay_next, lost_until), "history"))
+                missed = history.missed(self._replay_next, lost_until, self.filter)
+                if missed != 0:
+                    items.append(Gap(missed, "history"))
             entries, last = history.page(self._replay_next, self._replay_end, self.filter, BATCH)
             items.extend(entries)
             self._replay_next = last + 1
@@ -350,7 +352,7 @@ class Hub:
         """Register a client that came with the key ``key``; records accepted from now on are
         queued for it, and those after ``since`` are replayed from history first. It is sent
         ``greeting`` first, then the gap (if any) in front of the replay."""
-        start, gap = self.history.resume(since)
+        start, gap = self.history.resume(since, flt)
         first: list[Item] = [greeting] if greeting else []
         if gap is not None:
             first.append(gap)

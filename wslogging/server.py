@@ -966,7 +966,7 @@ class LogServer:
         if since is None:
             records, last = history.latest(flt, limit), history.last_id
         else:
-            start, gap = history.resume(since)
+            start, gap = history.resume(since, flt)
             records, last = history.page(start, history.last_id, flt, limit)
         # The records' JSON is spliced in as encoded once for everyone, not built again. Loss
         # marks in the page go to "gaps", each with its id: where in the page it stands.
