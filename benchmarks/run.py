@@ -1,7 +1,7 @@
 """Run every benchmark, each in a fresh interpreter, and print their tables.
 
-Usage: ``python benchmarks/run.py [--quick] [--only NAME ...]``, NAME among emit, fanout,
-storm, latency, memory, redis_mode, redact and forwarding.
+Usage: ``python benchmarks/run.py [--quick] [--only NAME ...]``, NAME among emit, emit_ratio,
+fanout, storm, latency, memory, redis_mode, redact and forwarding.
 Options after ``--`` go to every script.
 """
 
@@ -16,7 +16,17 @@ from pathlib import Path
 from _common import environment
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("emit", "storm", "fanout", "latency", "memory", "redis_mode", "redact", "forwarding")
+SCRIPTS = (
+    "emit",
+    "emit_ratio",
+    "storm",
+    "fanout",
+    "latency",
+    "memory",
+    "redis_mode",
+    "redact",
+    "forwarding",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -687,3 +687,35 @@ def test_extras_keep_their_order_after_formatting() -> None:
     logging.Formatter("%(asctime)s %(message)s").format(record)
 
     assert ["zeta", "alpha", "mid"] == list(render_record(record, "m").fields)
+
+
+class _EarlyRecord(logging.LogRecord):
+    """A record class that sets an attribute of its own before logging's."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.tenant = "acme"
+        super().__init__(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        pytest.param(_EarlyRecord("app", 20, "p.py", 1, "m", None, None), id="set-before-init"),
+        pytest.param(logging.makeLogRecord({"msg": "m", "tenant": "acme"}), id="makeLogRecord"),
+    ],
+)
+def test_extras_of_records_laid_out_otherwise(record: logging.LogRecord) -> None:
+    """Extras are found wherever a record holds them, not only after logging's own."""
+    record.late = 1
+
+    assert {"tenant": "acme", "late": 1} == render_record(record, "m").fields
+    assert ["tenant", "late"] == _wire.extra_names(record.__dict__)
+
+
+def test_extras_found_after_an_attribute_of_logging_s_is_set_again() -> None:
+    """An attribute of logging's deleted and set again moves to the end: still not a field."""
+    record = make_record("m", extra={"k": 1})
+    del record.lineno
+    record.lineno = 7
+
+    assert {"k": 1} == render_record(record, "m").fields

@@ -114,7 +114,10 @@ class _Queue(janus.Queue[Any]):
             self.marked = self._marks > 0
             self._marks = 0
             return list(queue)
-        batch = [queue.popleft() for _ in range(self.take)]
+        # Split in C, not popped one by one in Python: the app's threads wait for this lock.
+        items = list(queue)
+        batch = items[: self.take]
+        self._queue = deque(items[self.take :])
         marks = sum(type(item) is Lost for item in batch) if self._marks else 0
         self._items -= len(batch) - marks
         self._marks -= marks
@@ -155,7 +158,9 @@ class Handoff(Generic[T]):
         mark: bool = False,
     ) -> None:
         self._queue = _Queue(maxsize, keep_level, mark)
-        self._put = self._queue.sync_q.put_nowait
+        # put(item, False) is put_nowait(item) without the extra call: this runs for every
+        # record.
+        self._put = self._queue.sync_q.put
         self._loop = loop
         # True while the consumer waits on _ready: the next put() must wake it.
         self._idle = False
@@ -181,7 +186,7 @@ class Handoff(Generic[T]):
         both wake the loop; the second wakeup finds nothing to do, which is harmless.
         """
         try:
-            self._put(item)
+            self._put(item, False)
         except (_Refused, janus.SyncQueueShutDown):
             return False
         if self._idle:
@@ -194,7 +199,7 @@ class Handoff(Generic[T]):
         if not self._queue.mark:
             return
         with contextlib.suppress(janus.SyncQueueShutDown):
-            self._put(Lost(count, reason))
+            self._put(Lost(count, reason), False)
             if self._idle:
                 self._wake()
 

@@ -14,7 +14,7 @@ import os
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Set
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 _orjson_dumps: Callable[[Any], bytes] | None
@@ -24,7 +24,10 @@ except ImportError:  # the `fast` extra is not installed: the stdlib's json does
     _orjson_dumps = None
 
 # Attributes every LogRecord has; anything else on a record is an "extra" and goes to `fields`.
-_RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {
+# What LogRecord.__init__ sets, in this Python: every record starts with these, in this order.
+_INIT_ATTRS = frozenset(logging.makeLogRecord({}).__dict__)
+_N_INIT = len(_INIT_ATTRS)
+_RECORD_ATTRS = _INIT_ATTRS | {
     "message",
     "asctime",
     "taskName",
@@ -228,8 +231,34 @@ def _safe_repr(value: object) -> str:
     return text if len(text) <= _MAX_REPR else text[:_MAX_REPR] + "..."
 
 
-def record_fields(record: logging.LogRecord) -> dict[str, Any]:
-    """The record's extras (and structlog key/values), JSON-safe.
+def extra_names(attrs: dict[str, Any]) -> list[str]:
+    """The names of a record's extras (its attributes that are not logging's own), in the
+    order they were set.
+
+    A record is laid out as ``LogRecord.__init__`` and then ``makeRecord`` make it: logging's
+    own attributes first, the extras after them, and only a few of logging's own
+    (``message``, ``asctime``) later still. So the names are read from the end, up to the
+    first attribute ``__init__`` sets: no walk over all of them, and no set built, on every
+    logging call. A record laid out otherwise (made by hand, a subclass) is read whole.
+    """
+    names: list[str] = []
+    walked = 0
+    for key in reversed(attrs):
+        if key in _INIT_ATTRS:
+            break
+        walked += 1
+        if key not in _RECORD_ATTRS:
+            names.append(key)
+    if len(attrs) - walked == _N_INIT:
+        names.reverse()
+        return names
+    extras = attrs.keys() - _RECORD_ATTRS
+    return [key for key in attrs if key in extras]
+
+
+def record_fields(record: logging.LogRecord, extras: list[str] | None = None) -> dict[str, Any]:
+    """The record's extras (and structlog key/values), JSON-safe; ``extras``: their names,
+    if already known (see :func:`extra_names`).
 
     Names starting with ``_`` are private to logging integrations (structlog puts its logger
     there) and are left out. A structlog event dict carried in ``record.msg`` (the
@@ -237,44 +266,31 @@ def record_fields(record: logging.LogRecord) -> dict[str, Any]:
     ``exc_info`` and ``stack_info``.
     """
     fields: dict[str, Any] = {}
-    budget = _Budget()
+    budget: _Budget | None = None  # made when a value needs copying: most never do
     msg = record.msg
     if isinstance(msg, dict) and not record.args:
+        budget = _Budget()
         for key, value in msg.items():
             if isinstance(key, str) and key not in _EVENT_KEYS and not key.startswith("_"):
                 fields[key] = json_safe(value, 0, budget)
     attrs = record.__dict__
-    # A set difference in C: most records have no extras, or one, and no loop in Python.
-    extras = attrs.keys() - _RECORD_ATTRS
-    if extras:
-        for key in _in_given_order(attrs, extras):
-            if not key.startswith("_"):
-                value = attrs[key]
-                cls = type(value)
-                # The common scalars as they are, without a call: this runs on every record.
-                if cls is str or cls is bool or value is None:
-                    fields[key] = value
-                else:
-                    fields[key] = json_safe(value, 0, budget)
+    for key in extra_names(attrs) if extras is None else extras:
+        if not key.startswith("_"):
+            value = attrs[key]
+            cls = type(value)
+            # The common scalars as they are, without a call: this runs on every record.
+            if (
+                cls is str
+                or cls is bool
+                or value is None
+                or (cls is int and -(2**63) <= value < 2**63)
+            ):
+                fields[key] = value
+            else:
+                if budget is None:
+                    budget = _Budget()
+                fields[key] = json_safe(value, 0, budget)
     return fields
-
-
-def _in_given_order(attrs: dict[str, Any], extras: Set[str]) -> Iterable[str]:
-    """``extras`` in the order they were set on the record (a set has none of its own).
-
-    ``makeRecord`` sets them after the standard attributes, and only a few standard ones
-    (``message``, ``asctime``) come after them: looked for from the end, the walk is short.
-    """
-    if len(extras) == 1:
-        return extras
-    names: list[str] = []
-    for key in reversed(attrs):
-        if key in extras:
-            names.append(key)
-            if len(names) == len(extras):
-                break
-    names.reverse()
-    return names
 
 
 def default_message(record: logging.LogRecord) -> str:
@@ -334,10 +350,11 @@ def render_record(record: logging.LogRecord, message: str) -> LogEntry:
     """
     attrs = record.__dict__
     msg = record.msg
-    if _RECORD_ATTRS.issuperset(attrs) and not isinstance(msg, dict):
+    extras = extra_names(attrs)
+    if not extras and not isinstance(msg, dict):
         fields: dict[str, Any] = {}
     else:
-        fields = record_fields(record)
+        fields = record_fields(record, extras)
     name = record.name
     if type(name) is not str:
         name = str(name)

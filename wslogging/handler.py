@@ -13,6 +13,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable
+from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
 from . import _auth, _rendezvous
@@ -54,7 +55,9 @@ class HandlerState(enum.Enum):
     CLOSED = "closed"
 
 
-_STREAMING = frozenset({HandlerState.SERVING, HandlerState.FORWARDING, HandlerState.APPENDING})
+# A tuple, not a set: membership by identity, without Enum's hash (a Python call) on every
+# logging call.
+_STREAMING = (HandlerState.SERVING, HandlerState.FORWARDING, HandlerState.APPENDING)
 
 
 def _bool(name: str, value: object) -> bool:
@@ -443,12 +446,13 @@ class WebSocketHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         """Render and hand off ``record``; every failure goes to ``handleError``."""
         try:
-            thread = threading.get_ident()
+            thread = get_ident()
             forwarder = self._forwarder
+            name = record.name
             if (
                 thread == self._sink.thread_id
                 or (forwarder is not None and thread == forwarder.thread_id)
-                or _is_own(record.name)
+                or (type(name) is str and name.startswith("wslogging") and _is_own(name))
             ):
                 return
             self.enqueue(self.prepare(record))
