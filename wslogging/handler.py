@@ -163,8 +163,10 @@ class WebSocketHandler(logging.Handler):
             ) from None
         keys = _auth.configured_keys(api_keys, api_key_env, os.environ)
         generated = not keys and not backend
+        kept = ""  # where a made-up key is kept, for the line that prints it
         if generated:
-            keys = [_auth.generate_key()]
+            key, kept = _rendezvous.made_up_key(str(host), _port(port))
+            keys = [key]
         clients: int = _number("max_clients", max_clients, int, 0)
         per_key: int = clients
         if max_clients_per_key not in (None, ""):
@@ -241,7 +243,7 @@ class WebSocketHandler(logging.Handler):
         self.state = HandlerState.SERVING
         _handlers.add(self)
         if generated:
-            self._say(f"streaming logs at {self.url}/ with API key {keys[0]}")
+            self._say(f"streaming logs at {self.url}/ with API key {keys[0]}{kept}")
 
     def _join(self) -> bool:
         """The port is in use: forward to the process serving it, if it is a wslogging
