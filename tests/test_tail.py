@@ -126,7 +126,7 @@ async def test_prints_what_is_logged_and_stops_on_ctrl_c(
 ) -> None:
     process = await following(tail, handler.url, "-n", "0")
     log.info("order %s placed", 42, extra={"user": "alice", "total": 9.5})
-    log.warning("disk at %d%%", 91, extra={"color_message": "disk at \x1b[1m%d%%\x1b[0m"})
+    log.warning("disk at %d%%", 91, extra={"styled": "disk at \x1b[1m%d%%\x1b[0m"})
     try:
         raise ValueError("bad order id")
     except ValueError:
@@ -134,7 +134,7 @@ async def test_prints_what_is_logged_and_stops_on_ctrl_c(
     lines = await process.lines_until(lambda line: "ValueError: bad order id" in line)
 
     assert "INFO     app.tail: order 42 placed user=alice total=9.5" in lines[0]
-    assert 'WARNING  app.tail: disk at 91% color_message="disk at %d%%"' in lines[1]
+    assert 'WARNING  app.tail: disk at 91% styled="disk at %d%%"' in lines[1]
     assert "ERROR    app.tail: could not parse" in lines[2]
     assert lines[3] == "    Traceback (most recent call last):"  # indented under its record
     assert not any("\x1b" in line for line in lines)  # a pipe gets no colours
