@@ -128,6 +128,10 @@ class WebSocketHandler(logging.Handler):
       The queue, the drops and :meth:`close` behave as above; Redis being down costs records
       (counted), never a wait.
 
+    With no key configured (``api_keys``, ``api_key_env``), a key is made up and printed in
+    one stderr line; on a fixed loopback port it is kept for this user and port, and reused
+    by later runs (see :func:`wslogging._rendezvous.made_up_key`).
+
     The message sent as ``log`` is the handler's formatter output when one is set; without
     one, it is the bare message (the traceback goes to ``exc`` instead of being repeated).
     """
