@@ -1,9 +1,10 @@
 """structlog streamed live by wslogging, two ways.
 
 ``python examples/structlog_app.py`` (the default, ``stdlib``): structlog hands its events to
-the standard library with ``ProcessorFormatter.wrap_for_formatter``; logging is configured with
-dictConfig, and the WebSocketHandler has a ``ProcessorFormatter`` that renders ``log``. The
-key/value pairs arrive in ``fields`` with nothing else to set up.
+the standard library with ``ProcessorFormatter.wrap_for_formatter``, as structlog's
+documentation sets it up; logging is configured with dictConfig. The console handler renders
+with ``ConsoleRenderer``; the WebSocketHandler has no formatter: ``log`` is the event, the
+key/value pairs arrive in ``fields`` and a traceback in ``exc``, each once.
 
 ``python examples/structlog_app.py direct``: structlog without the standard library (it prints
 its own lines); ``wslogging.StructlogProcessor(handler)`` in the processor chain streams every
@@ -31,7 +32,9 @@ PRICES: dict[str, float] = {}
 
 
 def configure_stdlib() -> wslogging.WebSocketHandler:
-    """structlog → logging → WebSocketHandler, whose ProcessorFormatter renders ``log``."""
+    """structlog → logging → a console handler that renders with ConsoleRenderer, and a
+    WebSocketHandler with no formatter (a rendered line would repeat the time, level, logger,
+    pairs and traceback that the record carries in its own keys)."""
     timestamper = structlog.processors.TimeStamper(fmt="iso")
     logging.config.dictConfig(
         {
@@ -50,11 +53,7 @@ def configure_stdlib() -> wslogging.WebSocketHandler:
             },
             "handlers": {
                 "console": {"class": "logging.StreamHandler", "formatter": "structlog"},
-                "live": {
-                    "class": "wslogging.WebSocketHandler",
-                    "port": PORT,
-                    "formatter": "structlog",
-                },
+                "live": {"class": "wslogging.WebSocketHandler", "port": PORT},
             },
             "root": {"level": "DEBUG", "handlers": ["console", "live"]},
         }

@@ -459,7 +459,7 @@ async def test_structlog_processor_without_stdlib(
     rendered = structlog.get_logger().error("disk full", free_mb=3)
     assert {"event": "disk full", "free_mb": 3, "level": "error"} == json.loads(rendered)
     (record,) = await receive_logs(ws, 1)
-    assert ("disk full", "ERROR", "structlog", {"free_mb": 3, "level": "error"}) == (
+    assert ("disk full", "ERROR", "structlog", {"free_mb": 3}) == (
         record["log"],
         record["level"],
         record["logger"],
@@ -775,3 +775,51 @@ def test_a_record_lost_inside_the_hand_off_is_told_without_waiting_for_its_lock(
     wait_until(lambda: history.marks == 1)
     (mark,) = [e for e in history.latest(Filter(), 200) if type(e) is LossMark]
     assert (2, 2) == (mark.count, handler.records_dropped)
+
+
+def test_a_made_up_key_survives_a_restart(tmp_path: Path) -> None:
+    """With no key configured on a fixed port, a restarted app serves with the key its first
+    run made up and printed (a browser or tail that has it keeps working); the one stderr
+    line says where the key is kept."""
+    port = _free_port()
+    app = textwrap.dedent(
+        f"""
+        import logging.config, sys, urllib.error, urllib.request
+        logging.config.dictConfig({{
+            "version": 1,
+            "handlers": {{"live": {{"class": "wslogging.WebSocketHandler", "port": {port}}}}},
+            "root": {{"handlers": ["live"]}},
+        }})
+        key = sys.stdin.readline().strip()
+        request = urllib.request.Request(
+            "http://127.0.0.1:{port}/api/stats", headers={{"Authorization": "Bearer " + key}}
+        )
+        try:
+            print(urllib.request.urlopen(request, timeout=10).status)
+        except urllib.error.HTTPError as refused:
+            print(refused.code)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "WSLOGGING_API_KEY"}
+    env["WSLOGGING_RUNTIME_DIR"] = str(tmp_path / "run")
+    kept = tmp_path / "run" / f"127.0.0.1-{port}.key"
+    lines, statuses = [], []
+    for _ in range(2):
+        run = subprocess.run(
+            [sys.executable, "-c", app],
+            input=kept.read_text() if kept.exists() else "none\n",
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            env=env,
+            check=False,
+        )
+        lines.append(run.stderr.strip())
+        statuses.append(run.stdout.strip())
+    key = kept.read_text().strip()
+    url = f"http://127.0.0.1:{port}/"
+    assert [
+        f"wslogging: streaming logs at {url} with API key {key} (kept in {kept})",
+        f"wslogging: streaming logs at {url} with API key {key} (reused from {kept})",
+    ] == lines
+    assert ["401", "200"] == statuses  # the second run accepts the key the first printed

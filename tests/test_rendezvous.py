@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TIMEOUT
 
 from wslogging import _rendezvous
 from wslogging._rendezvous import Rendezvous, RendezvousError
@@ -167,3 +168,120 @@ def test_wait_for_ignores_a_dead_process(env: dict[str, str]) -> None:
 def test_file_name(host: str, name: str) -> None:
     """Host characters a file name should not hold become ``_``."""
     assert name == _rendezvous.file_name(host, 80)
+
+
+def test_a_made_up_key_is_kept_and_reused(env: dict[str, str]) -> None:
+    """The first run makes the key up and keeps it (0600); the next run gets it back."""
+    key, path, reused = _rendezvous.kept_key(HOST, PORT, env)
+    again = _rendezvous.kept_key(HOST, PORT, env)
+    mode = path.stat().st_mode & 0o777
+    assert (False, 0o600, f"{key}\n", (key, path, True)) == (
+        reused,
+        mode,
+        path.read_text(),
+        again,
+    )
+    assert Path(env[_rendezvous.RUNTIME_DIR_ENV]) / "127.0.0.1-3000.key" == path
+
+
+def test_processes_starting_at_once_get_one_key(env: dict[str, str]) -> None:
+    """Workers started together (gunicorn without --preload) all serve with the same key:
+    the first to keep one wins, the others read it."""
+    code = (
+        "import sys; from wslogging import _rendezvous;"
+        "print(_rendezvous.kept_key('127.0.0.1', 3000)[0])"
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=os.environ | env
+        )
+        for _ in range(6)
+    ]
+    keys = {process.communicate(timeout=TIMEOUT)[0].strip() for process in processes}
+    assert [_rendezvous.kept_key(HOST, PORT, env)[0]] == list(keys)
+
+
+@pytest.mark.parametrize("problem", ["mode", "owner", "symlink", "content"])
+def test_a_key_file_that_is_not_private_is_never_used(
+    env: dict[str, str], tmp_path: Path, problem: str
+) -> None:
+    """A key file others could read, or plant, is refused; made_up_key then serves with a
+    new key for this run and says why, and a client gets no key from it."""
+    _, path, _ = _rendezvous.kept_key(HOST, PORT, env)
+    if problem == "mode":
+        path.chmod(0o640)
+    elif problem == "owner":
+        if os.getuid() != 0:
+            pytest.skip("only root can give a file to another user")
+        os.chown(path, 65534, 65534)
+    elif problem == "symlink":
+        target = tmp_path / "planted"
+        target.write_text("planted\n")
+        target.chmod(0o600)
+        path.unlink()
+        path.symlink_to(target)
+    else:
+        path.write_text("two, keys\n")
+    with pytest.raises(RendezvousError):
+        _rendezvous.kept_key(HOST, PORT, env)
+    key, note = _rendezvous.made_up_key(HOST, PORT, env)
+    assert (True, True, False) == (
+        note.startswith(" (new for this run: "),
+        str(path) in note,
+        key in (path.read_text(), "planted"),
+    )
+    with pytest.raises(RendezvousError):
+        _rendezvous.local_key("localhost", PORT, env)
+
+
+@pytest.mark.parametrize(("host", "port"), [("127.0.0.1", 0), ("0.0.0.0", 3000)])
+def test_no_key_is_kept_for_port_0_or_beyond_loopback(
+    env: dict[str, str], host: str, port: int
+) -> None:
+    """Port 0 is a new port every run, and off loopback a key must be configured: nothing
+    is kept, and the key is new each time."""
+    first, second = (
+        _rendezvous.made_up_key(host, port, env),
+        _rendezvous.made_up_key(host, port, env),
+    )
+    assert ("", "", False) == (first[1], second[1], first[0] == second[0])
+    assert not Path(env[_rendezvous.RUNTIME_DIR_ENV]).exists()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "[::1]"])
+def test_a_client_finds_the_key_kept_for_a_local_port(env: dict[str, str], host: str) -> None:
+    """A client of a loopback URL finds the key kept for that port under whichever loopback
+    name the server was bound to."""
+    key, path, _ = _rendezvous.kept_key("127.0.0.1", PORT, env)
+    assert (key, path) == _rendezvous.local_key(host.strip("[]"), PORT, env)
+    assert _rendezvous.local_key(host.strip("[]"), PORT + 1, env) is None
+
+
+def test_a_live_servers_made_up_key_comes_first(env: dict[str, str]) -> None:
+    """The key a running server made up (in its rendezvous file: port 0, or a key file
+    replaced since) wins over a kept one; a dead server's does not count."""
+    kept = _rendezvous.kept_key(HOST, PORT, env)
+    _rendezvous.write(HOST, PORT, Rendezvous(os.getpid(), "s" * 43, "live-key"), env)
+    directory = Path(env[_rendezvous.RUNTIME_DIR_ENV])
+    expected = ("live-key", directory / "127.0.0.1-3000.json")
+    assert expected == _rendezvous.local_key(HOST, PORT, env)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    _rendezvous.write(HOST, PORT, Rendezvous(gone.pid, "s" * 43, "live-key"), env)
+    assert kept[:2] == _rendezvous.local_key(HOST, PORT, env)
+
+
+def test_a_remote_url_never_gets_a_kept_key(env: dict[str, str]) -> None:
+    """Only a loopback URL is given a kept key, whatever files there are."""
+    for host in ("192.0.2.7", "logs.example.com"):
+        directory = _rendezvous.private_dir(env)
+        path = directory / _rendezvous.key_file_name(host, PORT)
+        path.write_text("secret\n")
+        path.chmod(0o600)
+        assert _rendezvous.local_key(host, PORT, env) is None
+
+
+def test_a_client_creates_nothing(env: dict[str, str]) -> None:
+    """Looking for a key where no server ever ran creates no directory."""
+    assert _rendezvous.local_key(HOST, PORT, env) is None
+    assert not Path(env[_rendezvous.RUNTIME_DIR_ENV]).exists()

@@ -24,7 +24,7 @@ from _records import make_entry
 from conftest import KEY, TIMEOUT, async_wait_until
 
 import wslogging
-from wslogging import _tail
+from wslogging import _rendezvous, _tail
 
 log = logging.getLogger("app.tail")
 
@@ -76,8 +76,14 @@ class TailProcess:
 async def tail() -> AsyncIterator[Callable[..., Any]]:
     started: list[TailProcess] = []
 
-    async def start(*args: str, key: str | None = KEY) -> TailProcess:
-        env = {k: v for k, v in os.environ.items() if k not in ("WSLOGGING_API_KEY", "NO_COLOR")}
+    async def start(
+        *args: str, key: str | None = KEY, env: dict[str, str] | None = None
+    ) -> TailProcess:
+        env = {
+            k: v
+            for k, v in (os.environ if env is None else env).items()
+            if k not in ("WSLOGGING_API_KEY", "NO_COLOR")
+        }
         if key is not None:
             env["WSLOGGING_API_KEY"] = key
         process = await asyncio.create_subprocess_exec(
@@ -120,7 +126,7 @@ async def test_prints_what_is_logged_and_stops_on_ctrl_c(
 ) -> None:
     process = await following(tail, handler.url, "-n", "0")
     log.info("order %s placed", 42, extra={"user": "alice", "total": 9.5})
-    log.warning("disk at %d%%", 91, extra={"color_message": "disk at \x1b[1m%d%%\x1b[0m"})
+    log.warning("disk at %d%%", 91, extra={"styled": "disk at \x1b[1m%d%%\x1b[0m"})
     try:
         raise ValueError("bad order id")
     except ValueError:
@@ -128,7 +134,7 @@ async def test_prints_what_is_logged_and_stops_on_ctrl_c(
     lines = await process.lines_until(lambda line: "ValueError: bad order id" in line)
 
     assert "INFO     app.tail: order 42 placed user=alice total=9.5" in lines[0]
-    assert 'WARNING  app.tail: disk at 91% color_message="disk at %d%%"' in lines[1]
+    assert 'WARNING  app.tail: disk at 91% styled="disk at %d%%"' in lines[1]
     assert "ERROR    app.tail: could not parse" in lines[2]
     assert lines[3] == "    Traceback (most recent call last):"  # indented under its record
     assert not any("\x1b" in line for line in lines)  # a pipe gets no colours
@@ -464,3 +470,56 @@ def test_app_colours_are_stripped_without_colour() -> None:
     assert "\x1b" not in printed
     assert "t INFO     app: GET /boom HTTP/1.1 bold cyan plain" in printed
     assert 'color_message="GET /boom HTTP/1.1 bold cyan plain"' in printed
+
+
+async def _demo(port: int, env: dict[str, str]) -> tuple[asyncio.subprocess.Process, str]:
+    """``wslogging demo --port PORT`` with no key configured, and the key it printed."""
+    demo = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "wslogging", "demo", "--port", str(port), "--rate", "50"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    assert demo.stdout is not None
+    line = ""
+    while not line.startswith("API key: "):
+        line = (await asyncio.wait_for(demo.stdout.readline(), TIMEOUT)).decode()
+        assert line, "the demo printed no key"
+    return demo, line.removeprefix("API key: ").split()[0]
+
+
+async def test_tail_needs_no_key_for_a_local_demo_even_across_its_restarts(
+    tail: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The README's flow: run the demo, tail it with no key given, restart the demo: the
+    made-up key is kept (and said where), so the tail goes on instead of being refused."""
+    runtime = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "WSLOGGING_API_KEY"}
+    env[_rendezvous.RUNTIME_DIR_ENV] = str(runtime)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    demos = []
+    try:
+        demo, key = await _demo(port, env)
+        demos.append(demo)
+        process = await tail(f"127.0.0.1:{port}", "-n", "0", key=None, env=env)
+        await process.said(f"using the API key kept in {runtime / f'127.0.0.1-{port}.key'}")
+        assert " demo." in await process.line()
+        demo.send_signal(signal.SIGINT)
+        assert 0 == await asyncio.wait_for(demo.wait(), TIMEOUT)
+        await process.said("connection closed")
+        demo, again = await _demo(port, env)
+        demos.append(demo)
+        assert key == again
+        await process.lines_until(lambda line: "the server restarted" in line)
+        assert " demo." in await process.line()
+        assert process.process.returncode is None, process.stderr
+        assert await process.finish() == _tail.EXIT_INTERRUPTED
+    finally:
+        for demo in demos:
+            if demo.returncode is None:
+                os.killpg(demo.pid, signal.SIGKILL)
+                await demo.wait()

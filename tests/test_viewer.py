@@ -115,3 +115,12 @@ def test_the_script_never_turns_text_into_html() -> None:
     script = (resources.files("wslogging") / "static" / "viewer.js").read_text(encoding="utf-8")
     ways = ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "Function(")
     assert [] == [way for way in ways if way in script]
+
+
+def test_the_key_form_says_where_a_made_up_key_is() -> None:
+    """The key form points at the line the handler prints with a made-up key, and at
+    ``wslogging tail``, which finds that key by itself on the app's machine."""
+    html = viewer_page().html.decode()
+    (hint,) = re.findall(r'<p id="login-hint">(.*?)</p>', html, re.DOTALL)
+    assert "<code>wslogging: streaming logs at … with API key …</code>" in hint
+    assert "<code>wslogging tail</code> finds it by itself" in hint

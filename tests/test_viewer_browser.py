@@ -569,15 +569,15 @@ def test_app_colours_are_shown_and_other_escapes_defused(
         try:
             raise ValueError(text)
         except ValueError:
-            log.exception(text, extra={"color_message": text})
-    log.info(COLOURED, extra={"color_message": COLOURED})
+            log.exception(text, extra={"styled": text})
+    log.info(COLOURED, extra={"styled": COLOURED})
     expect(rows(page, "bold cyan")).to_have_count(1)
     page.evaluate("document.querySelectorAll('#log .row').forEach((row) => row.click())")
     shown = page.evaluate(
         """() => [...document.querySelectorAll('#log .row')].map((row) => [
             row.querySelector('.m').textContent,
             [...row.querySelectorAll('.details dt')]
-                .find((dt) => dt.textContent.startsWith('fields.color_message'))
+                .find((dt) => dt.textContent.startsWith('fields.styled'))
                 .nextElementSibling.textContent,
             row.querySelector('.details .exc')?.textContent ?? '',
         ])"""

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import socket
 import sys
 import tracemalloc
 from typing import Any
@@ -151,6 +152,48 @@ def test_render_structlog_private_pairs_left_out() -> None:
     record = structlog_record({"event": "e", "_internal": 1, "user": 7})
 
     assert {"user": 7} == render_record(record, "m").fields
+
+
+def test_render_structlog_pairs_the_record_states_are_left_out() -> None:
+    """``logger`` and ``level`` equal to the record's, and ``timestamp``, are the record's own
+    logger, level and time: not fields. A different ``logger`` or ``level`` stays."""
+    same = {"event": "e", "logger": "app", "level": "info", "timestamp": "2026-11-25T17:28"}
+    other = {"event": "e", "logger": "elsewhere", "level": "notice", "user": 7}
+
+    fields = [render_record(structlog_record(pairs), "m").fields for pairs in (same, other)]
+
+    assert [{}, {"logger": "elsewhere", "level": "notice", "user": 7}] == fields
+
+
+def test_render_leaves_out_uvicorns_color_message() -> None:
+    """uvicorn's ``color_message`` repeats the message with escape codes: left out."""
+    extra = {"color_message": "Started server process [\x1b[36m%d\x1b[0m]", "port": 8000}
+    entry = render_record(make_record("Started server process [%d]", 42, extra=extra), "m")
+
+    assert {"port": 8000} == entry.fields
+
+
+def test_render_leaves_out_sockets() -> None:
+    """A socket (Django's ``django.server`` passes its connection as ``request``) is left
+    out; other objects are their repr, with a default repr's address taken out."""
+
+    class Cart:
+        pass
+
+    class Request:
+        def __repr__(self) -> str:
+            return "<WSGIRequest: GET '/orders/42'>"
+
+    with socket.socket() as sock:
+        extra = {"request": sock, "status_code": 200, "cart": Cart(), "http": Request()}
+        entry = render_record(make_record(extra=extra), "m")
+
+    expected = {
+        "status_code": 200,
+        "cart": f"<{Cart.__module__}.{Cart.__qualname__} object>",
+        "http": "<WSGIRequest: GET '/orders/42'>",
+    }
+    assert expected == entry.fields
 
 
 def test_default_message_of_structlog_event_dict() -> None:

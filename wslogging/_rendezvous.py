@@ -6,6 +6,11 @@ holding its pid, a random *ingest secret* (what a forwarder proves it knows, see
 so that a process taking the port over keeps accepting it. Other processes of the same user on
 the same host read it to forward their records; nobody else can read or plant it.
 
+A key made up for a fixed port is also kept in ``<host>-<port>.key`` (the key alone, on one
+line), which outlives the process: the next run on that port makes up no new key but reuses it,
+and ``wslogging tail`` / ``mcp`` of the same user read it (or the live server's rendezvous file)
+to ask a loopback server without being given a key (see :func:`kept_key`, :func:`local_key`).
+
 The directory is ``$WSLOGGING_RUNTIME_DIR`` when set, else ``$XDG_RUNTIME_DIR/wslogging``,
 else ``<cache>/wslogging/<hostname>``, ``<cache>`` being ``$XDG_CACHE_HOME`` or
 ``~/.cache``: a place other users cannot create first (as they could a name in the shared
@@ -30,10 +35,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._auth import generate_key, is_loopback_host
+
 RUNTIME_DIR_ENV = "WSLOGGING_RUNTIME_DIR"
 # A rendezvous file is a few hundred bytes; anything larger is not one of ours.
 MAX_FILE = 4096
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9.-]")
+# What a kept key may be: printable, and nothing that would split it (comma, white space).
+_KEY = re.compile(r"[!-+\--~]{1,1024}")
+# The names a client's loopback URL may use for a server bound to any of them.
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class RendezvousError(OSError):
@@ -139,26 +150,12 @@ def write(
     host: str, port: int, rendezvous: Rendezvous, environ: Mapping[str, str] = os.environ
 ) -> None:
     """Publish ``rendezvous`` for ``host:port``, replacing any earlier file whole."""
-    directory = private_dir(environ)
-    final = directory / file_name(host, port)
-    temporary = directory / f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(temporary, flags, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(rendezvous.to_json())
-        os.replace(temporary, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    _write_private(private_dir(environ) / file_name(host, port), rendezvous.to_json())
 
 
-def read(host: str, port: int, environ: Mapping[str, str] = os.environ) -> Rendezvous | None:
-    """The rendezvous for ``host:port``, or ``None`` when there is none (or it is being
-    replaced). :class:`RendezvousError` if the directory or the file cannot be trusted or
-    the file is not a rendezvous at all."""
-    path = private_dir(environ) / file_name(host, port)
+def _read_private(path: Path) -> bytes | None:
+    """The bytes of ``path``, a regular file of this user's that only this user can read, or
+    ``None`` if there is none; :class:`RendezvousError` if it cannot be trusted."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
@@ -173,6 +170,39 @@ def read(host: str, port: int, environ: Mapping[str, str] = os.environ) -> Rende
         data = source.read(MAX_FILE + 1)
     if len(data) > MAX_FILE:
         raise RendezvousError(f"{path} is larger than {MAX_FILE} bytes")
+    return data
+
+
+def _write_private(path: Path, data: bytes, *, replace: bool = True) -> bool:
+    """Write ``data`` to ``path`` whole (0600: a temporary file, then a rename). With
+    ``replace=False`` an existing file is left as it is; whether ``data`` was written."""
+    temporary = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(temporary, flags, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        if replace:
+            os.replace(temporary, path)
+            return True
+        try:
+            os.link(temporary, path)  # fails if there is one: never two keys for one port
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+
+
+def read(host: str, port: int, environ: Mapping[str, str] = os.environ) -> Rendezvous | None:
+    """The rendezvous for ``host:port``, or ``None`` when there is none (or it is being
+    replaced). :class:`RendezvousError` if the directory or the file cannot be trusted or
+    the file is not a rendezvous at all."""
+    path = private_dir(environ) / file_name(host, port)
+    data = _read_private(path)
+    if data is None:
+        return None
     try:
         return Rendezvous.from_json(data)
     except ValueError as exc:
@@ -213,3 +243,83 @@ def remove(host: str, port: int, secret: str, environ: Mapping[str, str] = os.en
         current = read(host, port, environ)
         if current is not None and secrets.compare_digest(current.secret, secret):
             os.unlink(private_dir(environ) / file_name(host, port))
+
+
+def key_file_name(host: str, port: int) -> str:
+    """The name of the file that keeps the key made up for ``host:port``."""
+    return f"{_UNSAFE_NAME.sub('_', host)}-{port}.key"
+
+
+def _parse_key(data: bytes, path: Path) -> str:
+    text = data.decode("utf-8", "replace").strip()
+    if not _KEY.fullmatch(text):
+        raise RendezvousError(f"{path} does not hold one API key (printable, no comma or space)")
+    return text
+
+
+def kept_key(
+    host: str, port: int, environ: Mapping[str, str] = os.environ
+) -> tuple[str, Path, bool]:
+    """The key to serve ``host:port`` with when none is configured: the one kept for it by an
+    earlier run, else a new one, kept now (0600) for the runs after. Returns the key, the
+    file and whether the key was there already. Processes that start at once (gunicorn's
+    workers) all get the same key: the first to write it wins, the others read it.
+    :class:`RendezvousError` if the directory or the file cannot be trusted or written."""
+    path = private_dir(environ) / key_file_name(host, port)
+    for _ in range(3):  # another process may remove the file between our link and our read
+        data = _read_private(path)
+        if data is not None:
+            return _parse_key(data, path), path, True
+        key = generate_key()
+        try:
+            written = _write_private(path, f"{key}\n".encode(), replace=False)
+        except OSError as exc:
+            raise RendezvousError(f"cannot keep the key in {path}: {exc.strerror}") from None
+        if written:
+            return key, path, False
+    raise RendezvousError(f"{path} keeps changing")
+
+
+def local_key(
+    host: str, port: int, environ: Mapping[str, str] = os.environ
+) -> tuple[str, Path] | None:
+    """For a client asking ``host:port``: the key a wslogging server of this user serves it
+    with when that key was made up (the live server's rendezvous file, else the file that
+    keeps it), and the file it was read from; ``None`` for a host that is not loopback, or
+    when there is no such key. Never creates anything; :class:`RendezvousError` if a file or
+    the directory is there but cannot be trusted."""
+    if not is_loopback_host(host):
+        return None
+    directory = runtime_dir(environ)
+    if not os.path.lexists(directory):
+        return None
+    directory = private_dir(environ)
+    names = dict.fromkeys([host.strip("[]").lower(), *_LOOPBACK_HOSTS])
+    for name in names:
+        found = read(name, port, environ)
+        if found is not None and found.api_key and pid_exists(found.pid):
+            return found.api_key, directory / file_name(name, port)
+    for name in names:
+        path = directory / key_file_name(name, port)
+        data = _read_private(path)
+        if data is not None:
+            return _parse_key(data, path), path
+    return None
+
+
+def made_up_key(host: str, port: int, environ: Mapping[str, str] = os.environ) -> tuple[str, str]:
+    """The key to serve ``host:port`` with when none is configured, and a note on where it
+    is kept, for the one line that prints it (`` (kept in PATH)``, `` (reused from PATH)``).
+
+    On a fixed loopback port the key is kept (see :func:`kept_key`) and reused by later
+    runs, so the clients that have it keep working across restarts. With port 0 (a new port
+    every run) it is new every run, as it is on any other host (where serving needs a
+    configured key) and when the directory cannot be used (the note says why). Never raises.
+    """
+    if port == 0 or not is_loopback_host(host):
+        return generate_key(), ""
+    try:
+        key, path, reused = kept_key(host, port, environ)
+    except RendezvousError as exc:
+        return generate_key(), f" (new for this run: {exc})"
+    return key, f" ({'reused from' if reused else 'kept in'} {path})"

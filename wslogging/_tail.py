@@ -114,6 +114,18 @@ def stream_url(url: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
 
 
+def host_port(url: str) -> tuple[str, int]:
+    """The host and port that ``url`` (as :func:`stream_url` takes it) names; the scheme's
+    port when it names none."""
+    parts = urlsplit(stream_url(url))
+    try:
+        port = parts.port
+    except ValueError:
+        raise TailError(f"bad port in URL {url!r}") from None
+    assert parts.hostname is not None  # stream_url() checked
+    return parts.hostname, port or (443 if parts.scheme == "wss" else 80)
+
+
 def api_url(stream: str, path: str) -> str:
     """The http(s) URL of the endpoint at ``path`` (``/api/logs``) of the server whose stream
     URL (from :func:`stream_url`) is ``stream``, behind the same path prefix."""
@@ -140,6 +152,8 @@ class Options:
 
     url: str = DEFAULT_URL
     key: str | None = None
+    # The file the key was read from, when it is a made-up key kept for a local server.
+    key_source: str | None = None
     level: str | None = None
     loggers: Sequence[str] = ()
     categories: Sequence[str] = ()
@@ -382,6 +396,8 @@ class Tail:
         """Raise what a refused request means: stop (:class:`TailError`) or :class:`_Retry`."""
         if status == 401:
             hint = "give the key with --key or $WSLOGGING_API_KEY"
+            if self.options.key_source:
+                hint = f"the key kept in {self.options.key_source} is not accepted; {hint}"
             raise TailError(f"refused: {detail or 'unauthorized'} ({hint})")
         if status in (400, 403, 404):
             raise TailError(f"refused with HTTP {status}: {detail}")

@@ -11,6 +11,8 @@ import json
 import logging
 import math
 import os
+import re
+import socket
 import struct
 import sys
 import time
@@ -23,10 +25,10 @@ try:
 except ImportError:  # the `fast` extra is not installed: the stdlib's json does the same, slower
     _orjson_dumps = None
 
-# Attributes every LogRecord has; anything else on a record is an "extra" and goes to `fields`.
 # What LogRecord.__init__ sets, in this Python: every record starts with these, in this order.
 _INIT_ATTRS = frozenset(logging.makeLogRecord({}).__dict__)
 _N_INIT = len(_INIT_ATTRS)
+# Attributes every LogRecord has; anything else on a record is an "extra" and goes to `fields`.
 _RECORD_ATTRS = _INIT_ATTRS | {
     "message",
     "asctime",
@@ -47,8 +49,14 @@ _MAX_TIME = 253402300799.0
 _MAX_INT_BITS = 14000
 
 _EXC_FORMATTER = logging.Formatter()
-# Keys of a structlog event dict that are not fields: the message, and what becomes ``exc``.
-_EVENT_KEYS = frozenset({"event", "exc_info", "stack_info"})
+# Keys of a structlog event dict that are not fields: the message, what becomes ``exc``, and
+# TimeStamper's time (the record has its own).
+_EVENT_KEYS = frozenset({"event", "exc_info", "stack_info", "timestamp"})
+# Extras that repeat the message: uvicorn's copy of it with colour codes.
+_REPEATED_EXTRAS = frozenset({"color_message"})
+# A repr() that only names the class and the object's address: the address goes (it tells a
+# reader nothing, and would make every record's value differ).
+_DEFAULT_REPR = re.compile(r"<(\S+) object at 0x[0-9a-fA-F]+>")
 
 
 class LogEntry:
@@ -228,7 +236,10 @@ def _safe_repr(value: object) -> str:
         text = repr(value)
     except Exception:  # a broken __repr__ must not cost the record
         return f"<unrepresentable {type(value).__name__}>"
-    return text if len(text) <= _MAX_REPR else text[:_MAX_REPR] + "..."
+    if len(text) > _MAX_REPR:
+        return text[:_MAX_REPR] + "..."
+    default = _DEFAULT_REPR.fullmatch(text)
+    return f"<{default.group(1)} object>" if default else text
 
 
 def extra_names(attrs: dict[str, Any]) -> list[str]:
@@ -260,10 +271,23 @@ def record_fields(record: logging.LogRecord, extras: list[str] | None = None) ->
     """The record's extras (and structlog key/values), JSON-safe; ``extras``: their names,
     if already known (see :func:`extra_names`).
 
-    Names starting with ``_`` are private to logging integrations (structlog puts its logger
-    there) and are left out. A structlog event dict carried in ``record.msg`` (the
-    ``ProcessorFormatter.wrap_for_formatter`` path) contributes its pairs too, minus ``event``,
-    ``exc_info`` and ``stack_info``.
+    What is left out, because it says nothing the record does not already say, or nothing a
+    reader of a live log can use:
+
+    - names starting with ``_``: private to logging integrations (structlog puts its logger
+      there);
+    - ``color_message`` (uvicorn's copy of the message with colour codes: ``log`` has the
+      text);
+    - sockets (Django's ``django.server`` passes its connection as ``request``: a file
+      descriptor and addresses, not the request, which the message names);
+    - from a structlog event dict carried in ``record.msg`` (the
+      ``ProcessorFormatter.wrap_for_formatter`` path, and :class:`StructlogProcessor`):
+      ``event`` (the message), ``exc_info`` and ``stack_info`` (``exc``), ``timestamp``
+      (the record's ``time``), and ``logger`` and ``level`` where they equal the record's.
+
+    Any other value JSON cannot hold is its ``repr()`` (see :func:`json_safe`), with the
+    address taken out of a default one (``<app.Cart object>``): so Django's
+    ``<WSGIRequest: GET '/orders/42'>`` stays.
     """
     fields: dict[str, Any] = {}
     budget: _Budget | None = None  # made when a value needs copying: most never do
@@ -271,11 +295,16 @@ def record_fields(record: logging.LogRecord, extras: list[str] | None = None) ->
     if isinstance(msg, dict) and not record.args:
         budget = _Budget()
         for key, value in msg.items():
-            if isinstance(key, str) and key not in _EVENT_KEYS and not key.startswith("_"):
+            if (
+                isinstance(key, str)
+                and key not in _EVENT_KEYS
+                and not key.startswith("_")
+                and not _restates(record, key, value)
+            ):
                 fields[key] = json_safe(value, 0, budget)
     attrs = record.__dict__
     for key in extra_names(attrs) if extras is None else extras:
-        if not key.startswith("_"):
+        if not key.startswith("_") and key not in _REPEATED_EXTRAS:
             value = attrs[key]
             cls = type(value)
             # The common scalars as they are, without a call: this runs on every record.
@@ -286,11 +315,21 @@ def record_fields(record: logging.LogRecord, extras: list[str] | None = None) ->
                 or (cls is int and -(2**63) <= value < 2**63)
             ):
                 fields[key] = value
-            else:
+            elif not isinstance(value, socket.socket):
                 if budget is None:
                     budget = _Budget()
                 fields[key] = json_safe(value, 0, budget)
     return fields
+
+
+def _restates(record: logging.LogRecord, key: str, value: object) -> bool:
+    """Whether a structlog pair says what the record says already (``add_logger_name``,
+    ``add_log_level``)."""
+    if key == "logger":
+        return value == record.name
+    if key == "level":
+        return isinstance(value, str) and value.upper() == record.levelname
+    return False
 
 
 def default_message(record: logging.LogRecord) -> str:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import _tail
+from . import _rendezvous, _tail
 from ._auth import configured_keys
 from ._version import __version__
 from .handler import WebSocketHandler
@@ -86,7 +86,8 @@ def build_parser(prog: str = "wslogging") -> argparse.ArgumentParser:
     demo.add_argument(
         "--key",
         default=None,
-        help=f"API key clients must send (default: ${KEY_ENV} if set, else a random one)",
+        help=f"API key clients must send (default: ${KEY_ENV} if set, else one made up and "
+        "kept for the next run on this port)",
     )
     demo.set_defaults(func=_run_demo)
     _add_tail(commands)
@@ -173,7 +174,8 @@ def _add_server(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--key",
         help=f"API key (default: ${KEY_ENV}, its first key, which keeps it out of the "
-        "process list)",
+        "process list; else, for a loopback URL, the key a wslogging server of this user made "
+        "up for that port)",
     )
 
 
@@ -212,11 +214,34 @@ def _use_color(choice: str, out: Any) -> bool:
     return bool(out.isatty())
 
 
-def _run_tail(args: argparse.Namespace) -> int:
+def _client_key(args: argparse.Namespace, command: str) -> tuple[str | None, str | None]:
+    """The key a client command sends, and the file it was read from if it was: ``--key``,
+    else ``$WSLOGGING_API_KEY`` (its first key), else, for a loopback URL only, the key a
+    wslogging server of this same user made up for that port (see
+    :func:`_rendezvous.local_key`), said on stderr unless ``--quiet``."""
     keys = configured_keys(args.key, KEY_ENV, os.environ)
+    if keys:
+        return keys[0], None
+    try:
+        found = _rendezvous.local_key(*_tail.host_port(args.url))
+    except _tail.TailError:
+        return None, None  # a bad URL: the command itself says so
+    except _rendezvous.RendezvousError as exc:  # never read, never sent
+        print(f"wslogging {command}: not using a kept key: {exc}", file=sys.stderr)
+        return None, None
+    if found is None:
+        return None, None
+    if not getattr(args, "quiet", False):
+        print(f"wslogging {command}: using the API key kept in {found[1]}", file=sys.stderr)
+    return found[0], str(found[1])
+
+
+def _run_tail(args: argparse.Namespace) -> int:
+    key, key_source = _client_key(args, "tail")
     options = _tail.Options(
         url=args.url,
-        key=keys[0] if keys else None,
+        key=key,
+        key_source=key_source,
         level=args.level,
         loggers=args.logger,
         categories=args.category,
@@ -277,7 +302,7 @@ def _add_serve(commands: Any) -> None:
         default=[],
         metavar="KEY",
         help=f"a key clients may use; repeatable (default: ${KEY_ENV}, comma-separated; "
-        "on loopback without either, a random key is made and printed)",
+        "on loopback without either, a random key is made up, kept for the port and printed)",
     )
     serve.add_argument(
         "--history",
@@ -308,7 +333,7 @@ def _add_serve(commands: Any) -> None:
 
 def _run_serve(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C (status 130) or SIGTERM (status 0)."""
-    from ._auth import generate_key, is_loopback_host
+    from ._auth import is_loopback_host
     from ._hub import SlowClientPolicy
     from .server import LogServer, ServerOptions
 
@@ -336,7 +361,8 @@ def _run_serve(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_USAGE
-        keys = [generate_key()]
+        made_up, kept = _rendezvous.made_up_key(args.host, args.port)
+        keys = [made_up]
     options = ServerOptions(
         host=args.host,
         port=args.port,
@@ -362,7 +388,7 @@ def _run_serve(args: argparse.Namespace) -> int:
             f"wslogging serve: cannot serve on {args.host}:{args.port} ({reason})", file=sys.stderr
         )
         return EXIT_CANNOT_SERVE
-    with_key = f" with API key {keys[0]}" if generated else ""
+    with_key = f" with API key {keys[0]}{kept}" if generated else ""
     print(
         f"wslogging serve: serving the stream {args.stream!r} of {mask_url(url)} "
         f"at {server.url}/{with_key}",
@@ -423,16 +449,21 @@ def _run_mcp(args: argparse.Namespace) -> int:
             raise
         print(MCP_MISSING, file=sys.stderr)
         return EXIT_USAGE
-    keys = configured_keys(args.key, KEY_ENV, os.environ)
-    return _mcp.run(args.url, keys[0] if keys else None, args.cafile)
+    return _mcp.run(args.url, _client_key(args, "mcp")[0], args.cafile)
 
 
 # -- wslogging demo -----------------------------------------------------------------------
 
 
-def _demo_keys(key: str | None) -> list[str]:
-    """``--key``, else the keys in ``$WSLOGGING_API_KEY``, else one new random key."""
-    return configured_keys(key, KEY_ENV, os.environ) or [secrets.token_urlsafe(24)]
+def _demo_keys(key: str | None, host: str, port: int) -> tuple[list[str], str]:
+    """``--key``, else the keys in ``$WSLOGGING_API_KEY``, else the key made up for
+    ``host:port`` (kept for the next run; see :func:`_rendezvous.made_up_key`), with a note
+    on where it is kept."""
+    keys = configured_keys(key, KEY_ENV, os.environ)
+    if keys:
+        return keys, ""
+    made_up, kept = _rendezvous.made_up_key(host, port)
+    return [made_up], kept
 
 
 def _quoted_header(key: str) -> str:
@@ -440,7 +471,7 @@ def _quoted_header(key: str) -> str:
     return f'"{header}"' if _PLAIN_KEY.fullmatch(key) else shlex.quote(header)
 
 
-def _watch_text(url: str, key: str, rate: float) -> str:
+def _watch_text(url: str, key: str, rate: float, kept: str = "") -> str:
     """What the demo prints on start: where it serves, the key, and commands to watch it."""
     header = _quoted_header(key)
     ws_url = "ws" + url[len("http") :]
@@ -448,7 +479,7 @@ def _watch_text(url: str, key: str, rate: float) -> str:
     return "\n".join(
         [
             f"wslogging demo: streaming logs at {url} (about {rate:g} {per_second})",
-            f"API key: {key}",
+            f"API key: {key}{kept}",
             "",
             f"Watch it live in a browser: open {url}/ and enter the key,",
             "or from another terminal:",
@@ -606,7 +637,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     Returns 1 if the port cannot be served (the handler has said why on stderr).
     """
-    keys = _demo_keys(args.key)
+    keys, kept = _demo_keys(args.key, args.host, args.port)
     logging.config.dictConfig(_demo_config(args.host, args.port, keys))
     root = logging.getLogger()
     handler = next(h for h in root.handlers if isinstance(h, WebSocketHandler))
@@ -618,7 +649,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         reason = f"port {args.port} is served by another process" if in_use else "see above"
         print(f"wslogging demo: could not start ({reason}); try --port 0", file=sys.stderr)
         return 1
-    print(_watch_text(handler.url, keys[0], args.rate), flush=True)
+    print(_watch_text(handler.url, keys[0], args.rate, kept), flush=True)
 
     # SIGTERM (as from `timeout` or a service manager) stops the demo as Ctrl-C does.
     main_thread = threading.current_thread() is threading.main_thread()

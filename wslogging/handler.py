@@ -131,6 +131,10 @@ class WebSocketHandler(logging.Handler):
       The queue, the drops and :meth:`close` behave as above; Redis being down costs records
       (counted), never a wait.
 
+    With no key configured (``api_keys``, ``api_key_env``), a key is made up and printed in
+    one stderr line; on a fixed loopback port it is kept for this user and port, and reused
+    by later runs (see :func:`wslogging._rendezvous.made_up_key`).
+
     The message sent as ``log`` is the handler's formatter output when one is set; without
     one, it is the bare message (the traceback goes to ``exc`` instead of being repeated).
     """
@@ -166,8 +170,10 @@ class WebSocketHandler(logging.Handler):
             ) from None
         keys = _auth.configured_keys(api_keys, api_key_env, os.environ)
         generated = not keys and not backend
+        kept = ""  # where a made-up key is kept, for the line that prints it
         if generated:
-            keys = [_auth.generate_key()]
+            key, kept = _rendezvous.made_up_key(str(host), _port(port))
+            keys = [key]
         clients: int = _number("max_clients", max_clients, int, 0)
         per_key: int = clients
         if max_clients_per_key not in (None, ""):
@@ -244,7 +250,7 @@ class WebSocketHandler(logging.Handler):
         self.state = HandlerState.SERVING
         _handlers.add(self)
         if generated:
-            self._say(f"streaming logs at {self.url}/ with API key {keys[0]}")
+            self._say(f"streaming logs at {self.url}/ with API key {keys[0]}{kept}")
 
     def _join(self) -> bool:
         """The port is in use: forward to the process serving it, if it is a wslogging
