@@ -58,9 +58,16 @@ class Rendezvous:
     pid: int
     secret: str
     api_key: str | None = None
+    # A collector (``wslogging serve`` without Redis) takes any program of its user.
+    collector: bool = False
 
     def to_json(self) -> bytes:
-        data = {"pid": self.pid, "secret": self.secret, "api_key": self.api_key}
+        data = {
+            "pid": self.pid,
+            "secret": self.secret,
+            "api_key": self.api_key,
+            "collector": self.collector,
+        }
         return json.dumps(data).encode()
 
     @classmethod
@@ -76,7 +83,10 @@ class Rendezvous:
             raise ValueError("secret must be a string of 16 characters or more")
         if api_key is not None and not isinstance(api_key, str):
             raise ValueError("api_key must be a string or null")
-        return cls(pid, secret, api_key)
+        collector = value.get("collector", False)
+        if not isinstance(collector, bool):
+            raise ValueError("collector must be true or false")
+        return cls(pid, secret, api_key, collector)
 
 
 def new_secret() -> str:

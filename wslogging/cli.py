@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import errno
 import logging
 import logging.config
 import os
@@ -273,21 +276,28 @@ SERVE_CLOSE_TIMEOUT = 2.0
 def _add_serve(commands: Any) -> None:
     serve = commands.add_parser(
         "serve",
-        help="serve the records of a Redis stream that handlers append to",
+        help="hold a port for every program of this user (a collector), or serve a Redis stream",
         description=(
-            "Serve every endpoint of wslogging (WebSocket, SSE, JSON, the web viewer) from a "
-            "Redis stream that WebSocketHandler(backend='redis://...') appends to, on any "
-            "number of hosts. Several serve processes may read the same stream. Record ids "
-            "are the stream's ids, so clients resume across restarts from what Redis keeps. "
-            "An unreachable Redis is retried without end (one line says so); Ctrl-C or "
-            "SIGTERM stop it."
+            "Without a Redis URL: this machine's collector. It holds the port and its history, "
+            "and every program of the same user whose WebSocketHandler is configured on that "
+            "port forwards its records here instead of serving them itself, so short-lived "
+            "scripts and programs restarted on every change are one stream (ids going on, one "
+            "epoch, no gap), for as long as the collector runs. "
+            "With --redis (or $WSLOGGING_REDIS_URL): serve every endpoint of wslogging "
+            "(WebSocket, SSE, JSON, the web viewer) from a Redis stream that "
+            "WebSocketHandler(backend='redis://...') appends to, on any number of hosts. "
+            "Several serve processes may read the same stream. Record ids are the stream's "
+            "ids, so clients resume across restarts from what Redis keeps. An unreachable "
+            "Redis is retried without end (one line says so). "
+            "Ctrl-C or SIGTERM stop it."
         ),
     )
     serve.add_argument(
         "--redis",
         metavar="URL",
         help="redis://[:password@]host:port/db, rediss:// for TLS, or unix:///path (default: "
-        f"${REDIS_URL_ENV}, which keeps a password out of the process list)",
+        f"${REDIS_URL_ENV}, which keeps a password out of the process list; neither: serve "
+        "as this machine's collector)",
     )
     serve.add_argument(
         "--stream", default="wslogging", help="the stream's key (default: %(default)s)"
@@ -332,27 +342,16 @@ def _add_serve(commands: Any) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    """Serve until Ctrl-C (status 130) or SIGTERM (status 0)."""
+    """Serve until Ctrl-C (status 130) or SIGTERM (status 0): a Redis stream with a Redis
+    URL, else this machine's collector."""
     from ._auth import is_loopback_host
     from ._hub import SlowClientPolicy
-    from .server import LogServer, ServerOptions
+    from .server import ServerOptions
 
-    try:
-        from ._redis import StreamReader, check_url, mask_url
-    except ImportError:
-        print("wslogging serve: needs redis-py: pip install 'wslogging[redis]'", file=sys.stderr)
-        return EXIT_USAGE
     url = args.redis or os.environ.get(REDIS_URL_ENV)
-    if not url:
-        print(f"wslogging serve: --redis URL is needed (or ${REDIS_URL_ENV})", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        check_url(url)
-    except ValueError as exc:
-        print(f"wslogging serve: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     keys = configured_keys(args.api_key or None, KEY_ENV, os.environ)
     generated = not keys
+    kept = ""
     if generated:
         if not is_loopback_host(args.host):
             print(
@@ -368,7 +367,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         port=args.port,
         keys=tuple(keys),
         history=args.history,
-        queue_size=1,  # nothing is handed in from threads
+        queue_size=10000,  # what forwarding programs send, on its way into history
         client_queue_size=1000,
         slow_client=SlowClientPolicy.DROP,
         heartbeat=15.0,
@@ -379,23 +378,84 @@ def _run_serve(args: argparse.Namespace) -> int:
         ssl_certfile=args.certfile,
         ssl_keyfile=args.keyfile,
     )
-    server = LogServer(options, lambda: 0, StreamReader(url, args.stream))
+    with_key = f" with API key {keys[0]}{kept}" if generated else ""
+    if url:
+        return _serve_redis(args, url, options, with_key)
+    return _collect(options, keys[0] if generated else None, with_key)
+
+
+def _serve_redis(args: argparse.Namespace, url: str, options: Any, with_key: str) -> int:
+    """Serve the Redis stream ``args.stream`` at ``url``."""
+    from .server import LogServer
+
+    try:
+        from ._redis import StreamReader, check_url, mask_url
+    except ImportError:
+        print("wslogging serve: needs redis-py: pip install 'wslogging[redis]'", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        check_url(url)
+    except ValueError as exc:
+        print(f"wslogging serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    server = LogServer(
+        dataclasses.replace(options, queue_size=1), lambda: 0, StreamReader(url, args.stream)
+    )
+    if not _start(server, options):
+        return EXIT_CANNOT_SERVE
+    _say_serve(f"serving the stream {args.stream!r} of {mask_url(url)} at {server.url}/{with_key}")
+    return _serve_until_stopped(server, SERVE_CLOSE_TIMEOUT)
+
+
+def _collect(options: Any, made_up_key: str | None, with_key: str) -> int:
+    """Serve the port as this machine's collector: every program of this user configured on
+    it forwards its records here (the rendezvous file says ``collector``)."""
+    from .server import LogServer
+
+    secret = _rendezvous.new_secret()
+    server = LogServer(options, lambda: 0, ingest_secret=secret)
+    if not _start(server, options):
+        return EXIT_CANNOT_SERVE
+    try:
+        _rendezvous.write(
+            options.host,
+            server.port,
+            _rendezvous.Rendezvous(os.getpid(), secret, made_up_key, collector=True),
+        )
+    except OSError as exc:
+        server.close(0.0)
+        _say_serve(f"cannot publish the collector for programs to find it: {exc}")
+        return EXIT_CANNOT_SERVE
+    _say_serve(
+        f"collecting the records of every program of this user configured on port "
+        f"{server.port}, at {server.url}/{with_key}"
+    )
+    try:
+        return _serve_until_stopped(server, SERVE_CLOSE_TIMEOUT)
+    finally:
+        _rendezvous.remove(options.host, server.port, secret)
+
+
+def _start(server: Any, options: Any) -> bool:
+    """Start ``server``; whether it serves (if not, one line says why, and who holds the
+    port when it is a wslogging server of this user)."""
     try:
         server.start()
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        print(
-            f"wslogging serve: cannot serve on {args.host}:{args.port} ({reason})", file=sys.stderr
-        )
-        return EXIT_CANNOT_SERVE
-    with_key = f" with API key {keys[0]}{kept}" if generated else ""
-    print(
-        f"wslogging serve: serving the stream {args.stream!r} of {mask_url(url)} "
-        f"at {server.url}/{with_key}",
-        file=sys.stderr,
-        flush=True,
-    )
-    return _serve_until_stopped(server, SERVE_CLOSE_TIMEOUT)
+        holder = ""
+        if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+            with contextlib.suppress(_rendezvous.RendezvousError):
+                found = _rendezvous.read(options.host, options.port)
+                if found is not None and _rendezvous.pid_exists(found.pid):
+                    holder = f": process {found.pid} serves it; stop it first"
+        _say_serve(f"cannot serve on {options.host}:{options.port} ({reason}){holder}")
+        return False
+    return True
+
+
+def _say_serve(line: str) -> None:
+    print(f"wslogging serve: {line}", file=sys.stderr, flush=True)
 
 
 def _serve_until_stopped(server: Any, timeout: float) -> int:

@@ -268,10 +268,16 @@ class WebSocketHandler(logging.Handler):
         self.state = HandlerState.FORWARDING
         _handlers.add(self)
         forwarder.start()
-        self._say(
-            f"{self.url}/ is served by process {found.pid}; "
-            f"process {os.getpid()} forwards its records there"
-        )
+        if found.collector:
+            self._say(
+                f"process {os.getpid()} forwards its records to the collector at {self.url}/ "
+                f"(process {found.pid})"
+            )
+        else:
+            self._say(
+                f"{self.url}/ is served by process {found.pid}; "
+                f"process {os.getpid()} forwards its records there"
+            )
         return True
 
     def _new_forwarder(self, found: Rendezvous | None) -> Forwarder:
