@@ -133,7 +133,14 @@ async def test_a_program_restarted_three_times_is_one_stream(collector: Collecto
             page = await response.json()
         async with session.ws_connect(f"{collector.url}/ws/logs", headers=AUTH) as ws:
             again = json.loads(await ws.receive_str(timeout=TIMEOUT))
+        async with session.get(f"{collector.url}/api/stats", headers=AUTH) as response:
+            stats = await response.json()
     assert 3000 == len(page["records"])
+    assert ("collector", 3000, 0) == (
+        stats["backend"],
+        sum(f["records_received"] for f in stats["forwarders"]),
+        stats["records_dropped"],
+    )
     assert hello["epoch"] == again["epoch"]
 
 

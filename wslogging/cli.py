@@ -413,7 +413,7 @@ def _collect(options: Any, made_up_key: str | None, with_key: str) -> int:
     from .server import LogServer
 
     secret = _rendezvous.new_secret()
-    server = LogServer(options, lambda: 0, ingest_secret=secret)
+    server = LogServer(options, lambda: 0, ingest_secret=secret, backend="collector")
     if not _start(server, options):
         return EXIT_CANNOT_SERVE
     try:

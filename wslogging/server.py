@@ -417,13 +417,16 @@ class LogServer:
         dropped: Callable[[], int],
         source: RecordSource | None = None,
         ingest_secret: str | None = None,
+        backend: str = "embedded",
     ) -> None:
         """Serve records :meth:`submit` hands in (and, with ``ingest_secret``, those of
         forwarding processes), or, with ``source``, the source's records (then :meth:`submit`
-        refuses every record)."""
+        refuses every record). ``backend`` is what ``/api/stats`` calls it without a source
+        (``"collector"`` for ``wslogging serve`` without Redis)."""
         if source is not None and ingest_secret is not None:
             raise ValueError("a server of a record source takes no forwarded records")
         self.options = options
+        self._backend = backend
         # Forwarding processes must prove they know it (see _ingest); None: no /ws/ingest.
         self._ingest_secret = ingest_secret
         self._forwarders: collections.OrderedDict[int, ForwarderStats] = collections.OrderedDict()
@@ -927,7 +930,7 @@ class LogServer:
         stats["forwarders"] = forwarders
         stats["queue_size"] = self._handoff.qsize() if self._handoff else 0
         stats["epoch"] = self.hub.epoch
-        stats.update(self._source.stats() if self._source else {"backend": "embedded"})
+        stats.update(self._source.stats() if self._source else {"backend": self._backend})
         stats.update(self._table.stats())  # connections_open, _limit, _refused, _timed_out
         return _json(stats)
 
