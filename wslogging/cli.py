@@ -403,8 +403,11 @@ def _serve_redis(args: argparse.Namespace, url: str, options: Any, with_key: str
     )
     if not _start(server, options):
         return EXIT_CANNOT_SERVE
-    _say_serve(f"serving the stream {args.stream!r} of {mask_url(url)} at {server.url}/{with_key}")
-    return _serve_until_stopped(server, SERVE_CLOSE_TIMEOUT)
+    return _serve_until_stopped(
+        server,
+        SERVE_CLOSE_TIMEOUT,
+        f"serving the stream {args.stream!r} of {mask_url(url)} at {server.url}/{with_key}",
+    )
 
 
 def _collect(options: Any, made_up_key: str | None, with_key: str) -> int:
@@ -426,12 +429,13 @@ def _collect(options: Any, made_up_key: str | None, with_key: str) -> int:
         server.close(0.0)
         _say_serve(f"cannot publish the collector for programs to find it: {exc}")
         return EXIT_CANNOT_SERVE
-    _say_serve(
-        f"collecting the records of every program of this user configured on port "
-        f"{server.port}, at {server.url}/{with_key}"
-    )
     try:
-        return _serve_until_stopped(server, SERVE_CLOSE_TIMEOUT)
+        return _serve_until_stopped(
+            server,
+            SERVE_CLOSE_TIMEOUT,
+            f"collecting the records of every program of this user configured on port "
+            f"{server.port}, at {server.url}/{with_key}",
+        )
     finally:
         _rendezvous.remove(options.host, server.port, secret)
 
@@ -458,8 +462,9 @@ def _say_serve(line: str) -> None:
     print(f"wslogging serve: {line}", file=sys.stderr, flush=True)
 
 
-def _serve_until_stopped(server: Any, timeout: float) -> int:
-    """Wait for SIGINT or SIGTERM, then close ``server``; the exit status."""
+def _serve_until_stopped(server: Any, timeout: float, ready: str) -> int:
+    """Say ``ready``, wait for SIGINT or SIGTERM, then close ``server``; the exit status.
+    The line comes once the signals are caught: whoever reads it may stop serve at once."""
     stop = threading.Event()
     received: list[int] = []
 
@@ -469,6 +474,7 @@ def _serve_until_stopped(server: Any, timeout: float) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        _say_serve(ready)
         while not stop.wait(1.0):
             pass
     finally:
