@@ -161,6 +161,164 @@ def _errors(*statuses: int) -> dict[str, Any]:
     }
 
 
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """A response of ``schema`` as JSON."""
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "description": description, "schema": schema}
+
+
+def _get_logs() -> dict[str, Any]:
+    """``GET /api/logs``: a page of history."""
+    return {
+        "operationId": "getLogs",
+        "summary": "Recent log records, oldest first",
+        "description": "Without `since`, the newest `limit` matching records; with "
+        "`since`, the matching records after it. Continue with `since=<last_id>`.",
+        "parameters": [
+            *_FILTER_PARAMETERS,
+            _query(
+                "limit",
+                "Most records to return (default 1000, at most 10000).",
+                {"type": "integer", "minimum": 1, "maximum": 10000},
+            ),
+        ],
+        "responses": {
+            "200": _json("A page of records.", _ref("LogPage")),
+            **_errors(400, 401, 429),
+        },
+    }
+
+
+def _stream_logs() -> dict[str, Any]:
+    """``GET /api/get-logs-stream``: Server-Sent Events."""
+    return {
+        "operationId": "streamLogs",
+        "summary": "Live log records as Server-Sent Events",
+        "description": "Each record is an event with `id:` and one `data:` line of "
+        "JSON; lost records are announced as `event: gap`. Use `limit` and "
+        "`timeout` to end the stream for clients that cannot hold it open.",
+        "parameters": [
+            *_FILTER_PARAMETERS,
+            _query(
+                "limit",
+                "End the stream after this many records.",
+                {"type": "integer", "minimum": 1, "maximum": 10**9},
+            ),
+            _query(
+                "timeout",
+                "End the stream after this many seconds.",
+                {"type": "number", "exclusiveMinimum": 0, "maximum": 10**9},
+            ),
+            {
+                "name": "Last-Event-ID",
+                "in": "header",
+                "description": "Resume after this id (wins over `since`).",
+                "schema": {"type": "string", "pattern": _ID_PATTERN},
+            },
+        ],
+        "responses": {
+            "200": {
+                "description": "The event stream; the schema is that of one event.",
+                "content": {"text/event-stream": {"schema": _SSE_EVENT}},
+            },
+            **_errors(400, 401, 429, 503),
+        },
+    }
+
+
+def _small_paths() -> dict[str, Any]:
+    """``/api/stats``, ``/api/ticket`` and ``/healthz``."""
+    return {
+        "/api/stats": {
+            "get": {
+                "operationId": "getStats",
+                "summary": "Counters: clients, records accepted and dropped, history size",
+                "responses": {"200": _json("The counters.", _ref("Stats")), **_errors(401, 429)},
+            }
+        },
+        "/api/ticket": {
+            "post": {
+                "operationId": "createTicket",
+                "summary": "A single-use ticket, valid 30 s, to pass as ?ticket= instead "
+                "of the key",
+                "responses": {
+                    "200": _json(
+                        "The ticket.",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "ticket": {"type": "string"},
+                                "expires_in": {"type": "integer"},
+                            },
+                        },
+                    ),
+                    **_errors(401, 429),
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "health",
+                "summary": "Liveness check",
+                "security": [],
+                "responses": {
+                    "200": _json(
+                        "The server is up.",
+                        {"type": "object", "properties": {"status": {"type": "string"}}},
+                    )
+                },
+            }
+        },
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    """The components' schemas: records, gaps, errors, a page, the counters."""
+    return {
+        "LogRecord": _RECORD,
+        "Gap": _GAP,
+        "Error": _ERROR,
+        "LogPage": {
+            "type": "object",
+            "properties": {
+                "records": {"type": "array", "items": _ref("LogRecord")},
+                "last_id": {"type": "string"},
+                "gap": {"oneOf": [_ref("Gap"), {"type": "null"}]},
+                "gaps": {
+                    "type": "array",
+                    "description": "Losses that stand among these records (each with "
+                    "its id, which places it).",
+                    "items": _ref("Gap"),
+                },
+            },
+        },
+        "Stats": {
+            "type": "object",
+            "properties": {
+                name: {"type": "integer"}
+                for name in (
+                    "clients",
+                    "records_accepted",
+                    "records_dropped",
+                    "client_drops",
+                    "history_size",
+                    "connections_open",
+                    "connections_limit",
+                    "connections_refused",
+                    "connections_timed_out",
+                )
+            },
+        },
+    }
+
+
 def openapi_document(server_url: str) -> dict[str, Any]:
     """The document, with ``server_url`` (as the client reached us) as its only server."""
     return {
@@ -175,173 +333,12 @@ def openapi_document(server_url: str) -> dict[str, Any]:
         "servers": [{"url": server_url}],
         "security": [{"bearerAuth": []}],
         "paths": {
-            "/api/logs": {
-                "get": {
-                    "operationId": "getLogs",
-                    "summary": "Recent log records, oldest first",
-                    "description": "Without `since`, the newest `limit` matching records; with "
-                    "`since`, the matching records after it. Continue with `since=<last_id>`.",
-                    "parameters": [
-                        *_FILTER_PARAMETERS,
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "description": "Most records to return (default 1000, at most 10000).",
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 10000},
-                        },
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "A page of records.",
-                            "content": {
-                                "application/json": {
-                                    "schema": {"$ref": "#/components/schemas/LogPage"}
-                                }
-                            },
-                        },
-                        **_errors(400, 401, 429),
-                    },
-                }
-            },
-            "/api/get-logs-stream": {
-                "get": {
-                    "operationId": "streamLogs",
-                    "summary": "Live log records as Server-Sent Events",
-                    "description": "Each record is an event with `id:` and one `data:` line of "
-                    "JSON; lost records are announced as `event: gap`. Use `limit` and "
-                    "`timeout` to end the stream for clients that cannot hold it open.",
-                    "parameters": [
-                        *_FILTER_PARAMETERS,
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "description": "End the stream after this many records.",
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 10**9},
-                        },
-                        {
-                            "name": "timeout",
-                            "in": "query",
-                            "description": "End the stream after this many seconds.",
-                            "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 10**9},
-                        },
-                        {
-                            "name": "Last-Event-ID",
-                            "in": "header",
-                            "description": "Resume after this id (wins over `since`).",
-                            "schema": {"type": "string", "pattern": _ID_PATTERN},
-                        },
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "The event stream; the schema is that of one event.",
-                            "content": {"text/event-stream": {"schema": _SSE_EVENT}},
-                        },
-                        **_errors(400, 401, 429, 503),
-                    },
-                }
-            },
-            "/api/stats": {
-                "get": {
-                    "operationId": "getStats",
-                    "summary": "Counters: clients, records accepted and dropped, history size",
-                    "responses": {
-                        "200": {
-                            "description": "The counters.",
-                            "content": {
-                                "application/json": {
-                                    "schema": {"$ref": "#/components/schemas/Stats"}
-                                }
-                            },
-                        },
-                        **_errors(401, 429),
-                    },
-                }
-            },
-            "/api/ticket": {
-                "post": {
-                    "operationId": "createTicket",
-                    "summary": "A single-use ticket, valid 30 s, to pass as ?ticket= instead "
-                    "of the key",
-                    "responses": {
-                        "200": {
-                            "description": "The ticket.",
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "type": "object",
-                                        "properties": {
-                                            "ticket": {"type": "string"},
-                                            "expires_in": {"type": "integer"},
-                                        },
-                                    }
-                                }
-                            },
-                        },
-                        **_errors(401, 429),
-                    },
-                }
-            },
-            "/healthz": {
-                "get": {
-                    "operationId": "health",
-                    "summary": "Liveness check",
-                    "security": [],
-                    "responses": {
-                        "200": {
-                            "description": "The server is up.",
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "type": "object",
-                                        "properties": {"status": {"type": "string"}},
-                                    }
-                                }
-                            },
-                        }
-                    },
-                }
-            },
+            "/api/logs": {"get": _get_logs()},
+            "/api/get-logs-stream": {"get": _stream_logs()},
+            **_small_paths(),
         },
         "components": {
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "LogRecord": _RECORD,
-                "Gap": _GAP,
-                "Error": _ERROR,
-                "LogPage": {
-                    "type": "object",
-                    "properties": {
-                        "records": {
-                            "type": "array",
-                            "items": {"$ref": "#/components/schemas/LogRecord"},
-                        },
-                        "last_id": {"type": "string"},
-                        "gap": {"oneOf": [{"$ref": "#/components/schemas/Gap"}, {"type": "null"}]},
-                        "gaps": {
-                            "type": "array",
-                            "description": "Losses that stand among these records (each with "
-                            "its id, which places it).",
-                            "items": {"$ref": "#/components/schemas/Gap"},
-                        },
-                    },
-                },
-                "Stats": {
-                    "type": "object",
-                    "properties": {
-                        name: {"type": "integer"}
-                        for name in (
-                            "clients",
-                            "records_accepted",
-                            "records_dropped",
-                            "client_drops",
-                            "history_size",
-                            "connections_open",
-                            "connections_limit",
-                            "connections_refused",
-                            "connections_timed_out",
-                        )
-                    },
-                },
-            },
+            "schemas": _schemas(),
         },
     }
