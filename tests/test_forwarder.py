@@ -480,20 +480,29 @@ GUNICORN_LOGGING = """{
 }"""
 
 GUNICORN_APP = f"""\
-import logging, logging.config, os, threading, time
+import atexit, logging, logging.config, os, threading, time
 
 if os.environ.get("CONFIGURE_IN_APP"):
     logging.config.dictConfig({GUNICORN_LOGGING})
 log = logging.getLogger("app")
+stop = threading.Event()
 
 
 def ticks():
-    while True:
-        log.info("tick")
-        time.sleep(0.05)
+    n = 0
+    while not stop.wait(0.05):
+        log.info("tick %d", n)
+        n += 1
 
 
-threading.Thread(target=ticks, daemon=True).start()
+ticker = threading.Thread(target=ticks, daemon=True)
+ticker.start()
+
+
+@atexit.register  # before logging.shutdown(): a record logged after it is dropped (counted)
+def stop_ticking():
+    stop.set()
+    ticker.join()
 
 
 def app(environ, start_response):
@@ -505,26 +514,56 @@ def app(environ, start_response):
 GUNICORN_CONF = f"import os\n\nlogconfig_dict = {GUNICORN_LOGGING}\n"
 
 
+# The README's gunicorn configuration: gunicorn's own records go to the stream too.
+GUNICORN_README_CONF = """\
+import os
+
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr"},
+        "live": {
+            "class": "wslogging.WebSocketHandler",
+            "port": int(os.environ["LOG_PORT"]),
+            "api_keys": "test-key",
+        },
+    },
+    "root": {"level": "INFO", "handlers": ["console", "live"]},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
+        "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False},
+    },
+}
+"""
+
+RunGunicorn = Callable[..., tuple[subprocess.Popen[bytes], str]]
+
+
 @pytest.fixture
-def run_gunicorn(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen[bytes], str]]]:
-    """Start a real gunicorn with 4 workers serving ``GUNICORN_APP``; stopped gracefully
-    (SIGTERM, as a deployment stops it) at the end of the test."""
+def run_gunicorn(tmp_path: Path) -> Iterator[RunGunicorn]:
+    """Start a real gunicorn with ``workers`` workers (4 by default) serving
+    ``GUNICORN_APP``, its stderr in ``gunicorn.err``; stopped gracefully (SIGTERM, as a
+    deployment stops it) at the end of the test, killed if it does not stop."""
     (tmp_path / "app.py").write_text(GUNICORN_APP)
     (tmp_path / "conf.py").write_text(GUNICORN_CONF)
+    (tmp_path / "readme_conf.py").write_text(GUNICORN_README_CONF)
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(*options: str, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+    def start(*options: str, workers: int = 4, **env: str) -> tuple[subprocess.Popen[bytes], str]:
         port = free_port()
-        command = [sys.executable, "-m", "gunicorn", "-w", "4", "--chdir", str(tmp_path)]
-        command += ["-b", f"127.0.0.1:{free_port()}", *options, "app:app"]
+        command = [sys.executable, "-m", "gunicorn", "-w", str(workers)]
+        command += ["--chdir", str(tmp_path), "-b", f"127.0.0.1:{free_port()}", *options]
+        command.append("app:app")
         if hasattr(gunicorn.config, "ControlSocketDisable"):  # gunicorn 25 on: not in $HOME
             command.insert(-1, "--no-control-socket")
-        proc = subprocess.Popen(
-            command,
-            env={**os.environ, "LOG_PORT": str(port), **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        with (tmp_path / "gunicorn.err").open("ab") as err:
+            proc = subprocess.Popen(
+                command,
+                env={**os.environ, "LOG_PORT": str(port), **env},
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
         started.append(proc)
         return proc, f"http://127.0.0.1:{port}"
 
@@ -539,7 +578,7 @@ def run_gunicorn(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Pope
 
 
 async def test_gunicorn_workers_configured_in_the_app(
-    session: aiohttp.ClientSession, run_gunicorn: Callable[..., tuple[subprocess.Popen[bytes], str]]
+    session: aiohttp.ClientSession, run_gunicorn: RunGunicorn
 ) -> None:
     """gunicorn with 4 workers, each configuring logging with dictConfig in the app module:
     one serves, every worker's records arrive; kill the serving worker and the stream goes
@@ -561,9 +600,7 @@ async def test_gunicorn_workers_configured_in_the_app(
 
 
 async def test_gunicorn_logconfig_dict(
-    session: aiohttp.ClientSession,
-    run_gunicorn: Callable[..., tuple[subprocess.Popen[bytes], str]],
-    tmp_path: Path,
+    session: aiohttp.ClientSession, run_gunicorn: RunGunicorn, tmp_path: Path
 ) -> None:
     """gunicorn's ``logconfig_dict`` configures logging in the arbiter, which then serves;
     its forked workers forward, and records of all four arrive."""
@@ -575,6 +612,129 @@ async def test_gunicorn_logconfig_dict(
     assert arbiter.pid == data["pid"]
     assert pids_of(frames) == {f["pid"] for f in data["forwarders"] if f["connected"]}
     await ws.close()
+
+
+async def test_gunicorn_hup_and_recycle_are_invisible_to_clients(
+    session: aiohttp.ClientSession, run_gunicorn: RunGunicorn, tmp_path: Path
+) -> None:
+    """gunicorn, 3 workers, the README's ``logconfig_dict``: two HUPs (each re-runs
+    dictConfig in the master and replaces every worker) and a worker recycled, under a
+    connected client. The master serves throughout: the client's connection stays, with no
+    gap, one epoch, every worker's ticks without a hole, gunicorn's own lines all there, and
+    the history whole; nothing of wslogging's on stderr."""
+    master, url = run_gunicorn("-c", str(tmp_path / "readme_conf.py"), workers=3)
+    ws = await reconnect(session, url, "0")
+    frames: list[dict[str, Any]] = []
+
+    async def read() -> None:
+        async for message in ws:
+            if message.type is aiohttp.WSMsgType.TEXT:
+                frames.append(json.loads(message.data))
+
+    reader = asyncio.create_task(read())
+
+    def lines(text: str) -> list[str]:
+        return [f["log"] for f in frames if f["type"] == "log" and text in f["log"]]
+
+    def ticking() -> set[int]:
+        return {f["pid"] for f in frames if f["type"] == "log" and f["log"].startswith("tick")}
+
+    async def until(condition: Callable[[], bool]) -> None:
+        async with asyncio.timeout(TIMEOUT):
+            while not condition():
+                assert not reader.done(), "the client's connection ended"
+                await asyncio.sleep(0.02)
+
+    def replaced(old: set[int], seen: set[int], new: int) -> Callable[[], bool]:
+        """Whether the workers ``old`` have exited and ``new`` others than ``seen`` tick."""
+        return lambda: (
+            all(lines(f"Worker exiting (pid: {pid})") for pid in old)
+            and (len(ticking() - seen) == new)
+        )
+
+    await until(lambda: len(ticking()) == 3)
+    epoch = (await stats(session, url))["epoch"]
+    workers = ticking()
+    for _ in range(2):
+        seen = ticking()
+        master.send_signal(signal.SIGHUP)
+        await until(replaced(workers, seen, 3))
+        workers = ticking() - seen
+    recycled = min(workers)
+    os.kill(recycled, signal.SIGTERM)
+    await until(replaced({recycled}, ticking(), 1))
+    data = await stats(session, url)
+    assert (master.pid, epoch) == (data["pid"], data["epoch"])
+    assert [] == [f for f in frames if f["type"] != "log"]
+    assert 2 == len(lines("Hang up: Master"))
+    assert 3 + 3 + 3 + 1 == len(lines("Booting worker with pid"))
+    for pid in ticking():
+        ticks = [int(f["log"].split()[1]) for f in frames if f["pid"] == pid and "tick" in f["log"]]
+        assert list(range(len(ticks))) == sorted(ticks), pid
+    async with session.get(f"{url}/api/logs?since=0&limit=10000", headers=AUTH) as response:
+        history = (await response.json())["records"]
+    assert [f["id"] for f in frames] == [r["id"] for r in history][: len(frames)]
+    await ws.close()
+    await reader
+    err = (tmp_path / "gunicorn.err").read_text()
+    assert [] == [line for line in err.splitlines() if "wslogging" in line]
+
+
+RESTARTING_PARENT = """
+import json, logging, os, signal, socket, sys, time
+from wslogging import WebSocketHandler
+from wslogging._filters import Filter
+port = int(sys.argv[1])
+handler = WebSocketHandler(port=port, api_keys="k")
+log = logging.getLogger("app")
+log.addHandler(handler)
+log.setLevel(logging.INFO)
+parent = os.getpid()
+child = os.fork()
+if child == 0:
+    while os.getppid() == parent:  # ends with its parent, whatever happens to it
+        log.info("child tick")
+        time.sleep(0.02)
+    os._exit(0)
+def wait(condition):
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+wait(lambda: any(f.connected for f in handler._server._forwarders.values()))
+log.removeHandler(handler)
+handler.close()  # a restart of the master's server that no handler adopts
+taken = False
+deadline = time.monotonic() + 1.0
+while time.monotonic() < deadline:  # the port stays free for the master's new server
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        taken = True
+    except OSError:  # refused: nobody serves
+        time.sleep(0.02)
+handler = WebSocketHandler(port=port, api_keys="k")
+history = handler._server.hub.history if handler._server else None
+wait(lambda: history is None or any(e.pid == child for e in history.latest(Filter(), 5)))
+os.kill(child, signal.SIGKILL)
+os.waitpid(child, 0)
+print(json.dumps({"taken": taken, "role": handler.role}))
+handler.close()
+"""
+
+
+def test_forked_workers_leave_the_port_to_their_live_parent() -> None:
+    """A master whose server restarts (closed, then a new handler a second later) gets its
+    port back: its forked worker does not take it meanwhile, and forwards to the new
+    server."""
+    result = subprocess.run(
+        [sys.executable, "-c", RESTARTING_PARENT, str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert 0 == result.returncode, result.stderr
+    assert {"taken": False, "role": "serving"} == json.loads(result.stdout)
 
 
 def test_rendezvous_dir_open_to_others_is_never_used(

@@ -632,6 +632,62 @@ def test_reconfiguring_on_a_fixed_port_keeps_serving(configure: Configure) -> No
         assert 200 == response.status
 
 
+async def test_reconfiguring_keeps_the_server_and_its_clients(
+    configure: Configure, session: aiohttp.ClientSession
+) -> None:
+    """dictConfig run again on the same fixed port adopts the server: the client's stream
+    goes on with no gap, one epoch and the history whole, and the new handler's records
+    follow the old one's."""
+    port = _free_port()
+    first = configure(port=port)
+    ws = await connect(session, first, "?since=0")
+    log.info("before")
+    second = configure(port=port)
+    log.info("after")
+    assert ["before", "after"] == [r["log"] for r in await receive_logs(ws, 2)]
+    assert ("closed", "serving", first._server) == (first.role, second.role, second._server)
+    async with session.get(f"{second.url}/api/logs?since=0", headers=AUTH) as response:
+        assert ["before", "after"] == [r["log"] for r in (await response.json())["records"]]
+    second.close()
+    assert 1001 == (await ws.receive(timeout=TIMEOUT)).data
+
+
+async def test_reconfiguring_applies_new_keys_and_says_what_waits(
+    configure: Configure, session: aiohttp.ClientSession, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An adopted server takes the new configuration's keys at once (streams of the old key
+    are closed with 4401); a new ``history`` waits for a restart, and one line says so."""
+    port = _free_port()
+    first = configure(port=port)
+    ws = await connect(session, first)
+    second = configure(port=port, api_keys=["new-key"], history=50)
+    message = await ws.receive(timeout=TIMEOUT)
+    assert (aiohttp.WSMsgType.CLOSE, 4401) == (message.type, message.data)
+    headers = {"Authorization": "Bearer new-key"}
+    async with session.get(f"{second.url}/api/stats", headers=headers) as response:
+        assert 200 == response.status
+    (line,) = capsys.readouterr().err.splitlines()
+    assert (
+        f"wslogging: {second.url}/ kept serving through the reconfiguration with "
+        "history=10000; the new value applies when the process restarts"
+    ) == line
+
+
+def test_a_parked_server_nobody_adopts_stops_after_the_reconfiguration(
+    configure: Configure,
+) -> None:
+    """Reconfigured without a handler on its port, the server stops once dictConfig is
+    done, and the port is free."""
+    port = _free_port()
+    first = configure(port=port)
+    second = configure(port=0)
+    assert (first.state, second.serving) == (HandlerState.PARKED, True)
+    wait_until(lambda: first.state is HandlerState.CLOSED)
+    wait_until(lambda: first._server._released.is_set())
+    with socket.create_server(("127.0.0.1", port)):
+        pass
+
+
 def test_close_while_starting(
     configure: Configure, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

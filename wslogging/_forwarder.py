@@ -58,6 +58,10 @@ _NO_SIGPIPE = getattr(socket, "MSG_NOSIGNAL", 0)
 # _ingest.MAX_BATCH records, on the forwarder's thread).
 DIRECT_RATE = 2000.0
 DIRECT_BURST = 200
+# How long a forwarder leaves the port to its parent process, when that is the one that
+# served it and is still alive: a master (gunicorn's, a reloader) restarting its server binds
+# the port again in a moment, and its workers must not take it from it meanwhile.
+PARENT_GRACE = 5.0
 
 # Called on the forwarder's thread with the socket it has just bound, and the rendezvous last
 # read (``None`` if never): returns the server now serving on it, or ``None`` if the handler
@@ -238,7 +242,9 @@ class Forwarder:
     the connection is down, records wait in the queue (up to its bound). Whenever the
     connection is down it tries to bind the port first: the one that binds it calls
     ``take_over`` and becomes the server, moving the records still queued here (and the
-    batch whose send failed) into it; the others connect to it.
+    batch whose send failed) into it; the others connect to it. A
+    forwarder whose server was its parent process leaves the port to that parent while it
+    lives, for up to :data:`PARENT_GRACE` seconds after the connection ended.
 
     Records already written to a connection that then breaks may be lost with the process
     that was serving, as its own queue and history are.
@@ -278,6 +284,8 @@ class Forwarder:
         self._reported = -1
         self._pong = asyncio.Event()
         self._problem = ""
+        # When the last connection to the serving process ended (or this forwarder began).
+        self._disconnected_at = time.monotonic()
 
     @property
     def url(self) -> str:
@@ -438,6 +446,8 @@ class Forwarder:
         """Bind the port if it is free, and serve it; whether this process now does."""
         if self.state is ForwarderState.CLOSED:
             return False  # closing: deliver or give up, never start serving
+        if self._leave_to_parent():
+            return False
         try:
             sock = bind_socket(self.options.host, self.port)
         except OSError as exc:
@@ -458,6 +468,17 @@ class Forwarder:
                 self._count_drops(1)
         self._pending = []
         return True
+
+    def _leave_to_parent(self) -> bool:
+        """Whether the port is left to the parent process for now (see :data:`PARENT_GRACE`):
+        it served the port, still lives (a parent that exits makes this process a child of
+        another), and the grace since the connection ended is not over."""
+        found = self.rendezvous
+        return (
+            found is not None
+            and found.pid == os.getppid()
+            and time.monotonic() - self._disconnected_at < PARENT_GRACE
+        )
 
     async def _session(self, session: aiohttp.ClientSession, found: Rendezvous) -> bool:
         """Connect, authenticate and send until the connection ends; whether it was
@@ -497,6 +518,7 @@ class Forwarder:
                     await self._pump(ws)
                 finally:
                     self._connected.clear()
+                    self._disconnected_at = time.monotonic()
                     self.server_pid = None
                     self._ws = None
                     self._close_writer()

@@ -23,7 +23,7 @@ from ._hub import SlowClientPolicy
 from ._redact import RedactingFilter
 from ._rendezvous import Rendezvous, RendezvousError
 from ._wire import LogEntry, default_message, json_safe, render_record
-from .server import LogServer, ServerOptions
+from .server import LogServer, ServerOptions, ServerState, holds_logging_lock
 
 if TYPE_CHECKING:
     from ._redis import StreamAppender
@@ -39,6 +39,10 @@ REENTRANT_PARKED = 100
 JOIN_WAIT = 1.0
 
 _handlers: weakref.WeakSet[WebSocketHandler] = weakref.WeakSet()
+# Serving handlers closed by a reconfiguration (dictConfig, fileConfig), by port: their
+# servers go on until a handler on the same port adopts them or the reconfiguration is over.
+_parked: dict[int, WebSocketHandler] = {}
+_parked_lock = threading.Lock()
 
 
 class HandlerState(enum.Enum):
@@ -46,18 +50,22 @@ class HandlerState(enum.Enum):
     user on this host does, and records are sent to it (see :class:`Forwarder`).
     ``APPENDING``: ``backend=`` is set, and records are appended to a Redis stream. ``FAILED``
     (the server could not start) and ``CLOSED`` count every record as dropped and do nothing
-    else."""
+    else. ``PARKED``: closed by a reconfiguration while serving; its server goes on, for the
+    handler that replaces it to adopt, and records that still reach this one go to it."""
 
     SERVING = "serving"
     FORWARDING = "forwarding"
     APPENDING = "appending"
     FAILED = "failed"
     CLOSED = "closed"
+    PARKED = "parked"
 
 
-# A tuple, not a set: membership by identity, without Enum's hash (a Python call) on every
+# Tuples, not sets: membership by identity, without Enum's hash (a Python call) on every
 # logging call.
 _STREAMING = (HandlerState.SERVING, HandlerState.FORWARDING, HandlerState.APPENDING)
+# What hands records on to its sink: a parked handler's server is still serving.
+_ACCEPTING = (*_STREAMING, HandlerState.PARKED)
 
 
 def _bool(name: str, value: object) -> bool:
@@ -125,6 +133,17 @@ class WebSocketHandler(logging.Handler):
     - :meth:`close` (``logging.shutdown()`` calls it at exit) delivers what is queued within
       about :data:`CLOSE_TIMEOUT` seconds, closes WebSockets with 1001 and ends SSE streams.
       It is idempotent; records after it are counted as dropped.
+    - Reconfiguring keeps the server: ``dictConfig`` (and ``fileConfig``) close the handlers
+      they replace, under logging's module lock, before they build the new ones. A serving
+      handler on a fixed port closed that way *parks* its server instead of stopping it, and
+      a new handler on the same port and host (and the same TLS files) built while it is
+      parked *adopts* it: the same port, history, epoch, clients, forwarders and ingest
+      secret, with the new keys and client limits applied at once (clients of a key no
+      longer accepted are closed with 4401) and ``history``, ``queue_size``, ``keep_level``
+      kept until the server starts afresh (one stderr line says so when they differ). A
+      parked server nobody adopted stops as soon as the reconfiguration is over. So a
+      settings reload, or gunicorn's HUP re-running ``logconfig_dict``, is invisible to
+      clients. A ``close()`` outside a reconfiguration stops at once, as above.
     - With ``backend="redis://..."`` nothing is served and no port is bound: records are
       appended to the Redis stream ``stream`` (``XADD``, the stream bounded to about
       ``history`` entries) from a daemon thread, for ``wslogging serve --redis`` to serve.
@@ -205,7 +224,11 @@ class WebSocketHandler(logging.Handler):
         self._drop_lock = threading.RLock()
         self._local = threading.local()
         self._dropped = 0
+        # The handler that adopted this one's server (see _adopt): drops are counted there.
+        self._adopter: WebSocketHandler | None = None
         self._options = options
+        # 0: a port chosen by the system, which no later handler asks for by number.
+        self._configured_port = options.port
         self._generated = generated
         # Taken (briefly, never while waiting for another thread) to change roles: close()
         # against a takeover on the forwarder's thread.
@@ -223,6 +246,12 @@ class WebSocketHandler(logging.Handler):
             self.state = HandlerState.APPENDING
             _handlers.add(self)
             return
+        parked = _unpark(options.port) if options.port else None
+        if parked is not None:
+            if self._adopt(parked, options):
+                return
+            # Another host, or other TLS files: stop it, and bind anew once it lets go.
+            parked._stop_parked()
         server = LogServer(options, lambda: self._dropped, ingest_secret=self._secret)
         self._sink = server
         if not _auth.is_loopback_host(options.host) and generated:
@@ -251,6 +280,56 @@ class WebSocketHandler(logging.Handler):
         _handlers.add(self)
         if generated:
             self._say(f"streaming logs at {self.url}/ with API key {keys[0]}{kept}")
+
+    def _adopt(self, parked: WebSocketHandler, options: ServerOptions) -> bool:
+        """Serve on with the server of ``parked``, the handler this one replaces in a
+        reconfiguration (see the class docstring); whether it could (the same host and TLS
+        files, and the server still running)."""
+        server = parked._server
+        old = parked._options
+        if (
+            server is None
+            or server.state is not ServerState.RUNNING
+            or (old.host, old.ssl_certfile, old.ssl_keyfile)
+            != (options.host, options.ssl_certfile, options.ssl_keyfile)
+        ):
+            return False
+        announce = False
+        if self._generated and parked._generated:
+            # Neither configured a key: the one printed, that clients have, stays.
+            options = dataclasses.replace(options, keys=old.keys)
+        elif self._generated:
+            announce = True  # the configured keys went: the new made-up one is printed
+        options = dataclasses.replace(options, port=server.port)
+        with parked._drop_lock:
+            self._dropped = parked._dropped  # the server's count of drops goes on from there
+            parked._adopter = self
+        kept = server.reconfigure(options, lambda: self._dropped)
+        self._options = options
+        self._server = self._sink = server
+        self._secret = parked._secret
+        self._publish(server.port, options.keys, self._secret)
+        self.state = HandlerState.SERVING
+        _handlers.add(self)
+        if kept:
+            values = ", ".join(f"{name}={getattr(old, name)}" for name in kept)
+            self._say(
+                f"{self.url}/ kept serving through the reconfiguration with {values}; "
+                "the new value applies when the process restarts"
+            )
+        if announce:
+            self._say(f"streaming logs at {self.url}/ with API key {options.keys[0]}")
+        return True
+
+    def _stop_parked(self) -> None:
+        """Stop the parked server (this handler's, taken out of the parked ones): bounded,
+        and without waiting under logging's lock."""
+        with self._role_lock:
+            self.state = HandlerState.CLOSED
+            server, secret = self._server, self._secret
+        if server is not None:
+            _rendezvous.remove(self._options.host, server.port, secret)
+            server.close(CLOSE_TIMEOUT)
 
     def _join(self) -> bool:
         """The port is in use: forward to the process serving it, if it is a wslogging
@@ -350,8 +429,9 @@ class WebSocketHandler(logging.Handler):
     @property
     def role(self) -> str:
         """``"serving"``, ``"forwarding"`` (to another process serving the port),
-        ``"appending"`` (to a Redis stream, with ``backend=``), ``"failed"`` or ``"closed"``."""
-        return self.state.value
+        ``"appending"`` (to a Redis stream, with ``backend=``), ``"failed"`` or ``"closed"``
+        (a parked handler is closed: its server is another handler's now, or stops)."""
+        return "closed" if self.state is HandlerState.PARKED else self.state.value
 
     @property
     def serving_pid(self) -> int | None:
@@ -409,7 +489,11 @@ class WebSocketHandler(logging.Handler):
 
     def _count_drop(self, count: int = 1) -> None:
         with self._drop_lock:
-            self._dropped += count
+            adopter = self._adopter
+            if adopter is None:
+                self._dropped += count
+        if adopter is not None:
+            adopter._count_drop(count)
 
     def _lose(self) -> None:
         """A record lost on its way to the sink, before the hand-off: counted, and, where
@@ -485,7 +569,7 @@ class WebSocketHandler(logging.Handler):
         :data:`REENTRANT_PARKED` of them) and sent by the outer call as soon as it is done,
         rather than waiting for a lock its own thread holds.
         """
-        if self.state not in _STREAMING:
+        if self.state not in _ACCEPTING:
             self._count_drop()
             return
         local = self._local.__dict__
@@ -527,13 +611,25 @@ class WebSocketHandler(logging.Handler):
     def close(self) -> None:
         """Deliver what is queued (bounded), close every client, stop serving (another
         process forwarding to this one then takes the port over); a forwarder delivers what
-        is queued to the serving process within the same bound. Idempotent."""
+        is queued to the serving process within the same bound. Idempotent.
+
+        Called by a reconfiguration (under logging's module lock) on a fixed port, a serving
+        handler parks its server instead, for the handler replacing it to adopt; it stops
+        once the reconfiguration is over if none did (see the class docstring)."""
         with self._role_lock:
             state = self.state
+            park = (
+                state is HandlerState.SERVING
+                and self._configured_port != 0
+                and holds_logging_lock()
+            )
             if state in _STREAMING:
-                self.state = HandlerState.CLOSED
+                self.state = HandlerState.PARKED if park else HandlerState.CLOSED
             sink, secret = self._sink, self._secret
-        if state in _STREAMING:
+        if park:
+            _handlers.discard(self)
+            _park(self)
+        elif state in _STREAMING:
             _handlers.discard(self)
             if state is HandlerState.SERVING:
                 # First: once the server has let the port go, a forwarder may take it over
@@ -605,6 +701,38 @@ class WebSocketHandler(logging.Handler):
         appender.start()
 
 
+def _park(handler: WebSocketHandler) -> None:
+    """Keep ``handler``'s server going while the reconfiguration that closed it lasts (see
+    :meth:`WebSocketHandler.close`), and stop it then unless another handler adopted it."""
+    port = handler.port
+    with _parked_lock:
+        _parked[port] = handler
+
+    def stop_when_configured() -> None:
+        # The reconfiguration holds logging's lock from before it closed the handler to after
+        # it built the new ones: once this thread has the lock, it is over.
+        with _logging_lock():
+            pass
+        with _parked_lock:
+            if _parked.get(port) is not handler:
+                return  # adopted
+            del _parked[port]
+        handler._stop_parked()
+
+    threading.Thread(target=stop_when_configured, name="wslogging-parked", daemon=True).start()
+
+
+def _unpark(port: int) -> WebSocketHandler | None:
+    """The handler parked on ``port``, taken out of the parked ones; ``None`` if none."""
+    with _parked_lock:
+        return _parked.pop(port, None)
+
+
+def _logging_lock() -> threading.RLock:
+    lock: threading.RLock = logging._lock  # type: ignore[attr-defined]
+    return lock
+
+
 def _appender(
     handler: WebSocketHandler, backend: str, stream: str, options: ServerOptions
 ) -> StreamAppender:
@@ -634,7 +762,15 @@ def _after_fork_in_child() -> None:
     wait for a thread it lacks, and forward their records to the process serving the port
     (see :meth:`WebSocketHandler._forward_after_fork`), or, with ``backend=``, append them to
     Redis from a thread of their own. The child never keeps the parent's
-    listening socket: the port frees when the parent exits, and a child takes it over."""
+    listening socket: the port frees when the parent exits, and a child takes it over; nor
+    the servers of handlers parked by a reconfiguration going on in another thread."""
+    global _parked_lock
+    _parked_lock = threading.Lock()
+    for parked in _parked.values():
+        if parked._server is not None:
+            parked._server.abandon_after_fork()
+        parked.state = HandlerState.CLOSED
+    _parked.clear()
     for handler in list(_handlers):
         handler._drop_lock = threading.RLock()
         handler._local = threading.local()

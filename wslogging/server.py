@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import enum
 import errno
 import fcntl
@@ -544,6 +545,32 @@ class LogServer:
             return
         with contextlib.suppress(RuntimeError):  # the loop is already closed
             loop.call_soon_threadsafe(self._close_revoked)
+
+    def reconfigure(self, options: ServerOptions, dropped: Callable[[], int]) -> list[str]:
+        """Serve on with ``options`` from now on (the same host, port and TLS files as now),
+        counting drops with ``dropped``: what a handler adopting this server after a
+        reconfiguration asks (see :class:`wslogging.WebSocketHandler`). History, epoch,
+        clients and forwarders stay. Keys are swapped as :meth:`set_keys` does; the limits on
+        clients, their queues and the heartbeat apply to connections opened from now on. The
+        names of the options that differ and cannot change while serving (``history``,
+        ``queue_size``, ``keep_level``: sizes of what is held) are returned; they keep their
+        values until the server starts afresh."""
+        old = self.options
+        kept = [
+            name
+            for name in ("history", "queue_size", "keep_level")
+            if getattr(old, name) != getattr(options, name)
+        ]
+        self.options = dataclasses.replace(
+            options, **{name: getattr(old, name) for name in kept}, port=old.port
+        )
+        self._dropped = dropped
+        self.hub.client_queue_size = options.client_queue_size
+        self.hub.slow_client = options.slow_client
+        self.hub.max_clients = options.max_clients
+        self._table.bound = connection_bound(_soft_nofile(), options.max_clients)
+        self.set_keys(options.keys)  # streams of keys no longer accepted are closed
+        return kept
 
     def close(self, timeout: float) -> None:
         """Deliver what is queued, close WebSockets with 1001 and end SSE streams, then stop
