@@ -368,4 +368,20 @@ async def test_django_runserver(
         await stream.until(by("django.server", "GET /orders/43"), "access line after reload")
         assert [] == [f for f in stream.frames if f["type"] == "gap"]
         assert 1 == len({hello["epoch"] for hello in stream.hellos})
+        # A management command run while runserver is up joins its stream, quietly too.
+        environ = {**os.environ, "WSLOGGING_PORT": str(log_port), "WSLOGGING_API_KEY": KEY}
+        environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), environ.get("PYTHONPATH", "")])
+        check = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "manage.py", "check"],
+            cwd=project,
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert (0, "") == (check.returncode, check.stderr)
+    # The first process serves (its key is configured: nothing to say); the children, which
+    # configure LOGGING twice, and the command join it without a word.
+    assert [] == [line for line in program.text().splitlines() if "wslogging" in line]
     await stream.close()

@@ -7,10 +7,12 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +33,7 @@ from conftest import (
 
 import wslogging
 from wslogging import _ingest, _rendezvous
+from wslogging._belonging import describe
 from wslogging._filters import Filter
 from wslogging.handler import CLOSE_TIMEOUT
 
@@ -132,6 +135,91 @@ async def test_two_processes_share_one_port(
     assert [child.pid] == [f["pid"] for f in forwarders if f["connected"]]
     await ws.close()
     await only_child.close()
+
+
+async def test_a_program_with_other_keys_does_not_join(
+    configure: Callable[..., wslogging.WebSocketHandler],
+    session: aiohttp.ClientSession,
+    spawn: Spawn,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Another program on the port with other keys does not merge into its stream: one line
+    names the process holding the port and why, and its records are dropped and counted."""
+    port = free_port()
+    other, role = worker(spawn, port)
+    assert "serving" == role
+    handler = configure(port=port, api_keys="my-key")
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(
+        f"wslogging: cannot serve on 127.0.0.1:{port} (Address already in use): "
+        f"process {other.pid} (_worker.py) holds it, a wslogging server with other API keys; "
+        f"process {os.getpid()} ("
+    )
+    assert line.endswith(
+        "does not join its stream, and records for this handler are dropped and counted "
+        "(configure another port for this program, or the same api_keys to share one stream)"
+    )
+    log.info("mine")
+    assert ("failed", 1) == (handler.role, handler.records_dropped)
+    data = await stats(session, f"http://127.0.0.1:{port}")
+    assert [] == data["forwarders"]
+
+
+async def test_a_child_with_other_options_joins_its_parent_and_says_so(
+    configure: Callable[..., wslogging.WebSocketHandler], spawn: Spawn
+) -> None:
+    """A process the server started (a reloader's child, after the keys were edited) joins
+    it whatever its keys, and its one line says which of its options the server does not
+    use, and what to do: once, though it configures logging twice (as Django's does)."""
+    handler = configure()
+    config = {
+        "version": 1,
+        "handlers": {
+            "live": {
+                "class": "wslogging.WebSocketHandler",
+                "port": handler.port,
+                "api_keys": "edited",
+                "history": 500,
+            }
+        },
+        "loggers": {"app": {"level": "INFO", "handlers": ["live"]}},
+    }
+    child = spawn(
+        "-c",
+        "import logging, logging.config\n"
+        f"logging.config.dictConfig({config!r})\nlogging.config.dictConfig({config!r})\n"
+        "logging.getLogger('app').info('from the child')\n"
+        "print(logging.getLogger('app').handlers[0].role, flush=True)\nlogging.shutdown()",
+    )
+    out, err = child.communicate(timeout=TIMEOUT)
+    assert "forwarding" == out.strip()
+    holder = describe(os.getpid(), _rendezvous.this_program())
+    assert [
+        f"wslogging: process {child.pid} (-c) forwards its records to {handler.url}/, served by "
+        f"{holder}, whose api_keys and history differ from this process's; restart {holder} "
+        "to use these api_keys and history"
+    ] == err.splitlines()
+    history = handler._server.hub.history
+    wait_until(lambda: any(e.pid == child.pid for e in history.latest(Filter(), 5)))
+
+
+async def test_another_program_with_the_same_keys_joins_and_says_so(spawn: Spawn) -> None:
+    """Another program with the same keys joins the stream, never silently: one line names
+    both processes."""
+    port = free_port()
+    first, role = worker(spawn, port)
+    assert "serving" == role
+    second = spawn(
+        "-c",
+        f"from wslogging import WebSocketHandler\nh = WebSocketHandler(port={port}, "
+        f"api_keys={KEY!r})\nprint(h.role, flush=True)\nh.close()",
+    )
+    out, err = second.communicate(timeout=TIMEOUT)
+    assert "forwarding" == out.strip()
+    assert [
+        f"wslogging: process {second.pid} (-c) forwards its records to http://127.0.0.1:"
+        f"{port}/, the stream of process {first.pid} (_worker.py)"
+    ] == err.splitlines()
 
 
 async def test_forwarder_closes_cleanly_and_delivers(
@@ -479,12 +567,8 @@ GUNICORN_LOGGING = """{
     "root": {"level": "INFO", "handlers": []},
 }"""
 
-GUNICORN_APP = f"""\
-import atexit, logging, logging.config, os, threading, time
-
-if os.environ.get("CONFIGURE_IN_APP"):
-    logging.config.dictConfig({GUNICORN_LOGGING})
-log = logging.getLogger("app")
+# An app thread logging "tick N" every 50 ms until `stop` is set.
+TICKER = """\
 stop = threading.Event()
 
 
@@ -493,7 +577,15 @@ def ticks():
     while not stop.wait(0.05):
         log.info("tick %d", n)
         n += 1
+"""
 
+GUNICORN_APP = f"""\
+import atexit, logging, logging.config, os, threading, time
+
+if os.environ.get("CONFIGURE_IN_APP"):
+    logging.config.dictConfig({GUNICORN_LOGGING})
+log = logging.getLogger("app")
+{TICKER}
 
 ticker = threading.Thread(target=ticks, daemon=True)
 ticker.start()
@@ -702,8 +794,10 @@ def wait(condition):
         assert time.monotonic() < deadline
         time.sleep(0.01)
 wait(lambda: any(f.connected for f in handler._server._forwarders.values()))
+# A restart of the master's server (a reconfiguration that could not keep it) that takes a
+# second: the server says so to its forwarders as it closes.
 log.removeHandler(handler)
-handler.close()  # a restart of the master's server that no handler adopts
+handler._server.close(2.0, restarting=True)
 taken = False
 deadline = time.monotonic() + 1.0
 while time.monotonic() < deadline:  # the port stays free for the master's new server
@@ -723,9 +817,9 @@ handler.close()
 
 
 def test_forked_workers_leave_the_port_to_their_live_parent() -> None:
-    """A master whose server restarts (closed, then a new handler a second later) gets its
-    port back: its forked worker does not take it meanwhile, and forwards to the new
-    server."""
+    """A master whose server restarts (closed saying so, then a new handler a second later)
+    gets its port back: its forked worker does not take it meanwhile, and forwards to the
+    new server."""
     result = subprocess.run(
         [sys.executable, "-c", RESTARTING_PARENT, str(free_port())],
         capture_output=True,
@@ -735,6 +829,125 @@ def test_forked_workers_leave_the_port_to_their_live_parent() -> None:
     )
     assert 0 == result.returncode, result.stderr
     assert {"taken": False, "role": "serving"} == json.loads(result.stdout)
+
+
+UVICORN_APP = f"""\
+import logging, threading
+
+log = logging.getLogger("app")
+{TICKER}
+
+threading.Thread(target=ticks, daemon=True).start()
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({{"type": "lifespan.startup.complete"}})
+            elif message["type"] == "lifespan.shutdown":
+                stop.set()
+                await send({{"type": "lifespan.shutdown.complete"}})
+                return
+"""
+
+
+async def test_uvicorn_workers_join_the_main_process_without_a_key(
+    session: aiohttp.ClientSession, spawn: Spawn, tmp_path: Path
+) -> None:
+    """uvicorn ``--workers 2 --log-config`` with no key configured: the main process serves
+    with its made-up key, and the workers it spawned (each made up a key of its own) join it,
+    silently; their records arrive."""
+    pytest.importorskip("uvicorn")
+    port = free_port()
+    (tmp_path / "app.py").write_text(UVICORN_APP)
+    handler = {"class": "wslogging.WebSocketHandler", "port": port, "api_key_env": None}
+    config = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"live": handler},
+        "loggers": {"app": {"level": "INFO", "handlers": ["live"]}},
+    }
+    (tmp_path / "log.json").write_text(json.dumps(config))
+    # A session of its own: its workers, which outlive a killed main process, are killed
+    # with it at the end, whatever happens.
+    main = spawn(
+        *("-m", "uvicorn", "--workers", "2", "--port", str(free_port())),
+        *("--log-config", "log.json", "app:app"),
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    try:
+        assert main.stderr is not None
+        line = main.stderr.readline()
+        assert line.startswith(f"wslogging: streaming logs at http://127.0.0.1:{port}/ with API")
+        key = re.search(r"with API key (\S+)", line)
+        assert key is not None, line
+        headers = {"Authorization": f"Bearer {key.group(1)}"}
+
+        async def workers() -> dict[int, int]:
+            url = f"http://127.0.0.1:{port}/api/stats"
+            async with session.get(url, headers=headers) as response:
+                data = await response.json()
+            assert main.pid == data["pid"]
+            return {f["pid"]: f["records_received"] for f in data["forwarders"] if f["connected"]}
+
+        async with asyncio.timeout(TIMEOUT):
+            while not (len(seen := await workers()) == 2 and all(seen.values())):
+                await asyncio.sleep(0.05)
+        main.terminate()
+        _, err = main.communicate(timeout=TIMEOUT)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(main.pid, signal.SIGKILL)
+    assert [] == [line for line in err.splitlines() if "wslogging" in line]
+
+
+def test_a_server_out_of_reach_is_told_once_and_only_when_it_lasts(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A serving process that cannot be reached (here: the port's holder hangs up on every
+    connection) is told in one line, once it has lasted REPORT_AFTER, saying what to
+    check; the failed tries before and after it say nothing."""
+    monkeypatch.setattr(wslogging._forwarder, "REPORT_AFTER", 0.5)
+    tries = 0
+    with socket.create_server(("127.0.0.1", 0)) as holder:
+        port = holder.getsockname()[1]
+        found = _rendezvous.Rendezvous(
+            os.getpid(), _rendezvous.new_secret(), keys=_rendezvous.keys_fingerprint([KEY])
+        )
+        _rendezvous.write("127.0.0.1", port, found)
+
+        def hang_up() -> None:
+            nonlocal tries
+            with contextlib.suppress(OSError):
+                while True:
+                    holder.accept()[0].close()
+                    tries += 1
+
+        threading.Thread(target=hang_up, daemon=True).start()
+        handler = wslogging.WebSocketHandler(port=port, api_keys=KEY)
+        assert "forwarding" == handler.role
+        began = time.monotonic()
+        said: list[str] = []
+        wait_until(lambda: said.extend(capsys.readouterr().err.splitlines()) or len(said) > 1)
+        assert time.monotonic() - began >= 0.5
+        seen = tries
+        wait_until(lambda: tries >= seen + 2)
+        said.extend(capsys.readouterr().err.splitlines())
+        handler.close()
+    (line,) = said[1:]
+    pid = os.getpid()
+    assert line.startswith(
+        f"wslogging: process {pid} has not reached process {pid}, which serves "
+        f"http://127.0.0.1:{port}/, for 0.5 s ("
+    )
+    assert line.endswith(
+        "); its records wait in its queue (10000 at most), then are dropped and counted. "
+        f"Is process {pid} stopped, or too busy?"
+    )
+    _rendezvous.remove("127.0.0.1", port, found.secret)
 
 
 def test_rendezvous_dir_open_to_others_is_never_used(
@@ -755,10 +968,10 @@ def test_rendezvous_dir_open_to_others_is_never_used(
     assert "other processes cannot forward their records to this one" in line
     assert "is open to other users (mode 755)" in line
     second = wslogging.WebSocketHandler(port=handler.port, api_keys=KEY)
-    first, last = capsys.readouterr().err.splitlines()
-    assert "cannot forward to the process serving" in first
-    assert "is open to other users" in first
-    assert "(Address already in use); records for this handler will be dropped" in last
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "(Address already in use) nor forward to the process serving it" in line
+    assert "is open to other users" in line
+    assert line.endswith("records for this handler are dropped and counted")
     second.handle(logging.makeLogRecord({"name": "app", "msg": "lost"}))
     assert ("failed", 1, []) == (second.role, second.records_dropped, list(bad.iterdir()))
     second.close()
@@ -915,22 +1128,27 @@ async def test_keys_set_on_a_forwarder_are_served_after_it_takes_over(
     """A forwarder whose keys were replaced (set_api_keys) serves with them once it takes
     the port over, even where both had made their keys up: never with the old made-up key."""
     port = free_port()
-    first = spawn(
+    handler = wslogging.WebSocketHandler(port=port, api_key_env=None)
+    made_up = handler._options.keys[0]
+    child = spawn(
         "-c",
         f"import sys\nfrom wslogging import WebSocketHandler\n"
-        f"h = WebSocketHandler(port={port}, api_key_env=None)\nsys.stdin.read()",
+        f"h = WebSocketHandler(port={port}, api_key_env=None)\n"
+        "h.set_api_keys(['rotated-key'])\nprint(h.role, flush=True)\nsys.stdin.read()",
     )
-    assert first.stderr is not None
-    made_up = first.stderr.readline().rsplit(" ", 1)[1].strip()
-    handler = wslogging.WebSocketHandler(port=port, api_key_env=None)
-    try:
-        assert "forwarding" == handler.role
-        handler.set_api_keys(["rotated-key"])
-        kill(first)
-        await asyncio.to_thread(wait_until, lambda: handler.role == "serving")
-        for key, status in (("rotated-key", 200), (made_up, 401)):
-            headers = {"Authorization": f"Bearer {key}"}
-            async with session.get(f"{handler.url}/api/stats", headers=headers) as response:
-                assert status == response.status, key
-    finally:
-        handler.close()
+    assert child.stdout is not None
+    assert "forwarding" == child.stdout.readline().strip()
+    handler.close()
+
+    async def status(key: str) -> int:
+        headers = {"Authorization": f"Bearer {key}"}
+        async with session.get(f"http://127.0.0.1:{port}/api/stats", headers=headers) as got:
+            return got.status
+
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            with contextlib.suppress(aiohttp.ClientError):
+                if await status("rotated-key") == 200:
+                    break
+            await asyncio.sleep(0.02)
+    assert 401 == await status(made_up)

@@ -34,6 +34,34 @@ def test_round_trip_in_a_new_private_dir(env: dict[str, str]) -> None:
     assert ([0o700, 0o600], written) == (modes, _rendezvous.read(HOST, PORT, env))
 
 
+def test_who_serves_round_trips_and_unknown_fields_are_ignored(env: dict[str, str]) -> None:
+    """The fields that say who serves and how read back as written; a field of a later
+    version is ignored."""
+    written = Rendezvous(
+        os.getpid(),
+        "s" * 43,
+        keys=_rendezvous.keys_fingerprint(["a", "b"]),
+        history=500,
+        parent=os.getppid(),
+        program="/srv/app.py",
+        collector=True,
+    )
+    _rendezvous.write(HOST, PORT, written, env)
+    assert written == _rendezvous.read(HOST, PORT, env)
+    path = Path(env[_rendezvous.RUNTIME_DIR_ENV]) / "127.0.0.1-3000.json"
+    path.write_bytes(b'{"pid": 7, "secret": "ssssssssssssssssssss", "later": [1]}')
+    assert Rendezvous(7, "s" * 20) == _rendezvous.read(HOST, PORT, env)
+
+
+def test_keys_fingerprint() -> None:
+    """The same set in any order is one fingerprint; another set is another; no key shows."""
+    fingerprint = _rendezvous.keys_fingerprint(["key-one", "key-two"])
+    assert fingerprint == _rendezvous.keys_fingerprint(["key-two", "key-one", "key-two"])
+    assert fingerprint != _rendezvous.keys_fingerprint(["key-one"])
+    assert fingerprint != _rendezvous.keys_fingerprint(["key-one,key-two"])
+    assert "key" not in fingerprint
+
+
 def test_missing_file_is_none(env: dict[str, str]) -> None:
     """No file: nobody serves (or has published yet)."""
     assert _rendezvous.read(HOST, PORT, env) is None
@@ -130,6 +158,10 @@ def test_file_open_to_others_is_refused(env: dict[str, str]) -> None:
         (b'{"pid": "1", "secret": "ssssssssssssssssssss"}', "pid must be"),
         (b'{"pid": 1, "secret": "short"}', "secret must be"),
         (b'{"pid": 1, "secret": "ssssssssssssssssssss", "api_key": 5}', "api_key must be"),
+        (b'{"pid": 1, "secret": "ssssssssssssssssssss", "keys": []}', "keys must be"),
+        (b'{"pid": 1, "secret": "ssssssssssssssssssss", "history": -1}', "history must be"),
+        (b'{"pid": 1, "secret": "ssssssssssssssssssss", "parent": true}', "parent must be"),
+        (b'{"pid": 1, "secret": "ssssssssssssssssssss", "collector": 1}', "collector must be"),
         (b" " * 5000, "larger than"),
     ],
 )

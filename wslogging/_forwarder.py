@@ -30,6 +30,7 @@ from ._backoff import Backoff
 from ._handoff import Handoff
 from ._rendezvous import Rendezvous, RendezvousError
 from .server import (
+    RESTARTING,
     LogServer,
     ServerOptions,
     base_url,
@@ -59,14 +60,22 @@ _NO_SIGPIPE = getattr(socket, "MSG_NOSIGNAL", 0)
 DIRECT_RATE = 2000.0
 DIRECT_BURST = 200
 # How long a forwarder leaves the port to its parent process, when that is the one that
-# served it and is still alive: a master (gunicorn's, a reloader) restarting its server binds
-# the port again in a moment, and its workers must not take it from it meanwhile.
+# served it, is still alive and said it restarts its server (a reconfiguration that could not
+# keep it): a master (gunicorn's, a reloader) binds the port again in a moment, and its
+# workers must not take it from it meanwhile.
 PARENT_GRACE = 5.0
+# How long the serving process may stay out of reach before the forwarder says so: less is a
+# server going away or restarting, which another one (or this process) takes over at once.
+REPORT_AFTER = 3.0
 
 # Called on the forwarder's thread with the socket it has just bound, and the rendezvous last
 # read (``None`` if never): returns the server now serving on it, or ``None`` if the handler
 # is closed meanwhile (the socket is then closed).
 TakeOver = Callable[[socket.socket, Rendezvous | None], LogServer | None]
+# Called on the forwarder's thread with the rendezvous of the process serving the port now and
+# the one of the server it joined last: ``None`` if it may forward there, else a line saying
+# why not (see wslogging._belonging).
+MayForwardTo = Callable[[Rendezvous, Rendezvous | None], str | None]
 
 
 class _Writer:
@@ -242,9 +251,9 @@ class Forwarder:
     the connection is down, records wait in the queue (up to its bound). Whenever the
     connection is down it tries to bind the port first: the one that binds it calls
     ``take_over`` and becomes the server, moving the records still queued here (and the
-    batch whose send failed) into it; the others connect to it. A
-    forwarder whose server was its parent process leaves the port to that parent while it
-    lives, for up to :data:`PARENT_GRACE` seconds after the connection ended.
+    batch whose send failed) into it; the others connect to it. A forwarder whose server
+    was its parent process, and closed the connection saying it restarts, leaves the port to
+    that parent while it lives, for up to :data:`PARENT_GRACE` seconds.
 
     Records already written to a connection that then breaks may be lost with the process
     that was serving, as its own queue and history are.
@@ -257,6 +266,7 @@ class Forwarder:
         count_drops: Callable[[int], None],
         take_over: TakeOver,
         say: Callable[[str], None],
+        may_forward_to: MayForwardTo,
     ) -> None:
         self.options = options
         self.port = options.port
@@ -265,6 +275,9 @@ class Forwarder:
         # The pid of the process served by, once connected (None while not connected).
         self.server_pid: int | None = None
         self.rendezvous: Rendezvous | None = None
+        # The rendezvous of the server it was made to forward to, or last accepted.
+        self.joined: Rendezvous | None = None
+        self._may_forward_to = may_forward_to
         self.successor: LogServer | None = None
         self._dropped = dropped
         self._count_drops = count_drops
@@ -284,8 +297,10 @@ class Forwarder:
         self._reported = -1
         self._pong = asyncio.Event()
         self._problem = ""
-        # When the last connection to the serving process ended (or this forwarder began).
+        # When the last connection to the serving process ended, and whether that process
+        # said it restarts its server.
         self._disconnected_at = time.monotonic()
+        self._restarting = False
 
     @property
     def url(self) -> str:
@@ -426,8 +441,11 @@ class Forwarder:
                     except RendezvousError as exc:
                         self._report(f"cannot find the serving process: {exc}")
                         found = None
-                    if found is not None:
-                        self.rendezvous = found
+                    refused = found and self._may_forward_to(found, self.joined)
+                    if refused:
+                        self._report(refused)
+                    elif found is not None:
+                        self.rendezvous = self.joined = found
                         if await self._session(session, found):
                             backoff.reset()
                             continue  # the server went: try the port at once
@@ -471,11 +489,12 @@ class Forwarder:
 
     def _leave_to_parent(self) -> bool:
         """Whether the port is left to the parent process for now (see :data:`PARENT_GRACE`):
-        it served the port, still lives (a parent that exits makes this process a child of
-        another), and the grace since the connection ended is not over."""
+        it served the port, said it restarts, still lives (a parent that exits makes this
+        process a child of another), and the grace since the connection ended is not over."""
         found = self.rendezvous
         return (
-            found is not None
+            self._restarting
+            and found is not None
             and found.pid == os.getppid()
             and time.monotonic() - self._disconnected_at < PARENT_GRACE
         )
@@ -519,11 +538,14 @@ class Forwarder:
                 finally:
                     self._connected.clear()
                     self._disconnected_at = time.monotonic()
+                    self._restarting = ws.close_code == RESTARTING
                     self.server_pid = None
                     self._ws = None
                     self._close_writer()
                 return True
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            if time.monotonic() - self._disconnected_at < REPORT_AFTER:
+                return False  # a server going away or restarting: nothing to do about it
             # Not str(exc) for a refused handshake: it quotes the URL, whose nonce is new on
             # every try, and _report would then say it again on every retry.
             reason = (
@@ -531,7 +553,13 @@ class Forwarder:
                 if isinstance(exc, aiohttp.WSServerHandshakeError)
                 else str(exc) or type(exc).__name__
             )
-            self._report(f"cannot forward to {self.url}: {reason}")
+            self._report(
+                f"process {os.getpid()} has not reached process {found.pid}, which serves "
+                f"{self.url}/, for {REPORT_AFTER:g} s ({reason}); its records wait in its "
+                f"queue ({self.options.queue_size} at most), then are dropped and counted. "
+                f"Is process {found.pid} stopped, or too busy?",
+                topic=f"unreachable {found.pid}",
+            )
             return False
 
     @staticmethod
@@ -677,8 +705,9 @@ class Forwarder:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
-    def _report(self, line: str) -> None:
-        """Say ``line`` on stderr, once until the next connection succeeds."""
-        if line != self._problem:
-            self._problem = line
+    def _report(self, line: str, topic: str | None = None) -> None:
+        """Say ``line`` on stderr, once until the next connection succeeds (once per
+        ``topic``, when given: one outage is one line, whatever its reasons)."""
+        if (topic or line) != self._problem:
+            self._problem = topic or line
             self._say(line)

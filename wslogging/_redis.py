@@ -14,7 +14,6 @@ import enum
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -32,6 +31,7 @@ from ._backoff import Backoff
 from ._handoff import Handoff
 from ._history import Held, LossMark
 from ._hub import Hub
+from ._stderr import say
 from ._streamids import (
     FIELD,
     StreamPositions,
@@ -68,8 +68,6 @@ ACK_WRITE_EVERY = 0.2
 MAX_WAITING_ACKS = 10000
 # How long a reconnecting client's acknowledgment is looked up for before it is done without.
 ACK_LOOKUP = 1.0
-# What is said when Redis goes away and comes back.
-_PREFIX = "wslogging: "
 # redis-py leaves it untyped.
 parse_url: Callable[[str], dict[str, Any]] = _parse_url
 # Everything redis-py and the socket underneath may raise for an unreachable or odd server.
@@ -126,10 +124,6 @@ class Link(enum.Enum):
     CONNECTING = "connecting"
     CONNECTED = "connected"
     DOWN = "down"
-
-
-def _say(line: str) -> None:
-    print(_PREFIX + line, file=sys.stderr, flush=True)
 
 
 def _reason(exc: BaseException) -> str:
@@ -286,14 +280,14 @@ class StreamAppender:
                     self.link = Link.CONNECTED
                     if dropped_at_outage is not None:
                         dropped_at_outage = None
-                        _say(f"Redis at {self.url} is back; {lost} record(s) dropped")
+                        say(f"Redis at {self.url} is back; {lost} record(s) dropped")
                 except _OUTAGES as exc:
                     if self.link is not Link.DOWN:
                         self.link = Link.DOWN
                         dropped_at_outage = self._dropped()
                         self._count_drops(len(batch))  # in flight: perhaps written in part
                         batch = []
-                        _say(
+                        say(
                             f"cannot append to Redis at {self.url} ({_reason(exc)}); "
                             f"up to {self.queue_size} records wait, later ones are dropped and "
                             "counted until it is back"
@@ -502,7 +496,7 @@ class StreamReader:
                 except _OUTAGES as exc:
                     if self.link is not Link.DOWN:
                         self.link = Link.DOWN
-                        _say(
+                        say(
                             f"cannot read the stream {self.stream!r} at {mask_url(self.url)} "
                             f"({_reason(exc)}); serving what is held, retrying"
                         )
@@ -520,7 +514,7 @@ class StreamReader:
         if self.link is not Link.CONNECTED:
             assert self._positions is not None
             after = format_stream_id(self._positions.last_seen)
-            _say(f"reading the stream {self.stream!r} at {mask_url(self.url)} after {after}")
+            say(f"reading the stream {self.stream!r} at {mask_url(self.url)} after {after}")
             self.link = Link.CONNECTED
 
     async def _load(self, client: Redis, accept: Accept) -> None:

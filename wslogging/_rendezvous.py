@@ -3,8 +3,12 @@
 The serving process writes ``<host>-<port>.json`` into a directory only its user can reach,
 holding its pid, a random *ingest secret* (what a forwarder proves it knows, see
 :mod:`wslogging._ingest`) and, when the API key was made up rather than configured, that key,
-so that a process taking the port over keeps accepting it. Other processes of the same user on
-the same host read it to forward their records; nobody else can read or plant it.
+so that a process taking the port over keeps accepting it. It also says who serves and how,
+for a process to decide whether it belongs with that server (see :mod:`wslogging._belonging`):
+a fingerprint of the key set (a hash, never the keys), the history size, the server's parent
+pid and program (``sys.argv[0]``), and whether it is a collector that takes any program of
+its user. Other processes of the same user on the same host read it to forward their records;
+nobody else can read or plant it.
 
 A key made up for a fixed port is also kept in ``<host>-<port>.key`` (the key alone, on one
 line), which outlives the process: the next run on that port makes up no new key but reuses it,
@@ -24,14 +28,17 @@ file, then a rename) and opened with ``O_NOFOLLOW``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import os
 import pwd
 import re
 import secrets
 import stat
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +47,8 @@ from ._auth import generate_key, is_loopback_host
 RUNTIME_DIR_ENV = "WSLOGGING_RUNTIME_DIR"
 # A rendezvous file is a few hundred bytes; anything larger is not one of ours.
 MAX_FILE = 4096
+# The longest program name kept (a path).
+MAX_PROGRAM = 1024
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9.-]")
 # What a kept key may be: printable, and nothing that would split it (comma, white space).
 _KEY = re.compile(r"[!-+\--~]{1,1024}")
@@ -57,36 +66,72 @@ class Rendezvous:
 
     pid: int
     secret: str
+    # The key, when it was made up rather than configured.
     api_key: str | None = None
-    # A collector (``wslogging serve`` without Redis) takes any program of its user.
+    # keys_fingerprint() of the keys served; the history size; the server's parent pid and
+    # program; a collector (``wslogging serve`` without Redis) takes any program of its user.
+    keys: str | None = None
+    history: int | None = None
+    parent: int | None = None
+    program: str | None = None
     collector: bool = False
 
     def to_json(self) -> bytes:
-        data = {
-            "pid": self.pid,
-            "secret": self.secret,
-            "api_key": self.api_key,
-            "collector": self.collector,
-        }
-        return json.dumps(data).encode()
+        return json.dumps(dataclasses.asdict(self)).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> Rendezvous:
-        """Parse a file's bytes; ``ValueError`` names what is wrong."""
+        """Parse a file's bytes; ``ValueError`` names what is wrong. Fields it does not know
+        (of a later version) are ignored; those it knows are checked."""
         value = json.loads(data)
         if not isinstance(value, dict):
             raise ValueError("not a JSON object")
-        pid, secret, api_key = value.get("pid"), value.get("secret"), value.get("api_key")
-        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        pid, secret = value.get("pid"), value.get("secret")
+        if not isinstance(pid, int) or not _is_count(pid) or pid <= 0:
             raise ValueError("pid must be a positive integer")
         if not isinstance(secret, str) or len(secret) < 16:
             raise ValueError("secret must be a string of 16 characters or more")
-        if api_key is not None and not isinstance(api_key, str):
-            raise ValueError("api_key must be a string or null")
-        collector = value.get("collector", False)
-        if not isinstance(collector, bool):
+        for name in ("api_key", "keys", "program"):
+            if value.get(name) is not None and not isinstance(value[name], str):
+                raise ValueError(f"{name} must be a string or null")
+        for name in ("history", "parent"):
+            if value.get(name) is not None and not _is_count(value[name]):
+                raise ValueError(f"{name} must be a non-negative integer or null")
+        if not isinstance(value.get("collector", False), bool):
             raise ValueError("collector must be true or false")
-        return cls(pid, secret, api_key, collector)
+        return cls(
+            pid,
+            secret,
+            value.get("api_key"),
+            keys=value.get("keys"),
+            history=value.get("history"),
+            parent=value.get("parent"),
+            program=(value.get("program") or "")[:MAX_PROGRAM] or None,
+            collector=value.get("collector", False),
+        )
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def keys_fingerprint(keys: Iterable[str]) -> str:
+    """A fingerprint of a key set (order and repeats aside), to tell whether two processes
+    serve the same keys without writing the keys down."""
+    digest = hashlib.sha256(b"wslogging keys")
+    for key in sorted(set(keys)):
+        encoded = key.encode("utf-8", "surrogatepass")
+        digest.update(len(encoded).to_bytes(8, "big") + encoded)
+    return digest.hexdigest()[:32]
+
+
+def this_program() -> str:
+    """This process's program as the rendezvous names it: ``sys.argv[0]``, as an absolute
+    path when it is a file (``manage.py``, ``/venv/bin/gunicorn``), else as it is (``-c``)."""
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "python"
+    if os.path.isfile(argv0):
+        argv0 = os.path.abspath(argv0)
+    return argv0[:MAX_PROGRAM]
 
 
 def new_secret() -> str:

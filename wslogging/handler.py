@@ -8,7 +8,6 @@ import errno
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 import weakref
@@ -17,11 +16,13 @@ from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
 from . import _auth, _rendezvous
+from ._belonging import Joiner, describe, differences, refusal
 from ._filters import parse_level
 from ._forwarder import Forwarder
 from ._hub import SlowClientPolicy
 from ._redact import RedactingFilter
-from ._rendezvous import Rendezvous, RendezvousError
+from ._rendezvous import Rendezvous, RendezvousError, keys_fingerprint
+from ._stderr import say
 from ._wire import LogEntry, default_message, json_safe, render_record
 from .server import LogServer, ServerOptions, ServerState, holds_logging_lock
 
@@ -39,6 +40,10 @@ REENTRANT_PARKED = 100
 JOIN_WAIT = 1.0
 
 _handlers: weakref.WeakSet[WebSocketHandler] = weakref.WeakSet()
+# Lines said once per process (see WebSocketHandler._say_once); bounded.
+_said: set[str] = set()
+_said_lock = threading.Lock()
+MAX_SAID = 100
 # Serving handlers closed by a reconfiguration (dictConfig, fileConfig), by port: their
 # servers go on until a handler on the same port adopts them or the reconfiguration is over.
 _parked: dict[int, WebSocketHandler] = {}
@@ -251,7 +256,7 @@ class WebSocketHandler(logging.Handler):
             if self._adopt(parked, options):
                 return
             # Another host, or other TLS files: stop it, and bind anew once it lets go.
-            parked._stop_parked()
+            parked._stop_parked(restarting=True)
         server = LogServer(options, lambda: self._dropped, ingest_secret=self._secret)
         self._sink = server
         if not _auth.is_loopback_host(options.host) and generated:
@@ -263,8 +268,8 @@ class WebSocketHandler(logging.Handler):
         try:
             server.start()
         except (OSError, ValueError) as exc:
-            in_use = isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE
-            if in_use and self._join():
+            if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+                self._join()
                 return
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             self._say(
@@ -321,57 +326,121 @@ class WebSocketHandler(logging.Handler):
             self._say(f"streaming logs at {self.url}/ with API key {options.keys[0]}")
         return True
 
-    def _stop_parked(self) -> None:
+    def _stop_parked(self, restarting: bool = False) -> None:
         """Stop the parked server (this handler's, taken out of the parked ones): bounded,
-        and without waiting under logging's lock."""
+        and without waiting under logging's lock; ``restarting``: a new one follows at once
+        (see :meth:`LogServer.close`)."""
         with self._role_lock:
             self.state = HandlerState.CLOSED
             server, secret = self._server, self._secret
         if server is not None:
             _rendezvous.remove(self._options.host, server.port, secret)
-            server.close(CLOSE_TIMEOUT)
+            server.close(CLOSE_TIMEOUT, restarting)
 
-    def _join(self) -> bool:
-        """The port is in use: forward to the process serving it, if it is a wslogging
-        server of this user (it has published a rendezvous file); whether it is."""
+    def _join(self) -> None:
+        """The port is in use: forward to the process serving it if it is a wslogging server
+        of this user (it has published a rendezvous file) that this process belongs with
+        (see :mod:`wslogging._belonging`); else say, in one line, who holds the port and why
+        this process does not join, and drop (counting)."""
         host, port = self._options.host, self._options.port
+        in_use = f"cannot serve on {host}:{port} (Address already in use)"
+        dropped = "records for this handler are dropped and counted"
         try:
             found = _rendezvous.wait_for(host, port, JOIN_WAIT)
         except RendezvousError as exc:
-            self._say(f"cannot forward to the process serving {host}:{port}: {exc}")
-            return False
+            self._say(f"{in_use} nor forward to the process serving it: {exc}; {dropped}")
+            return
         if found is None:
-            return False
+            self._say(
+                f"{in_use}: another program holds it, not a wslogging server of this user; "
+                f"{dropped} (configure another port)"
+            )
+            return
+        joiner = self._joiner()
+        holder = describe(found.pid, found.program)
+        me = describe(joiner.pid, joiner.program)
+        why = refusal(found, joiner)
+        if why is not None:
+            self._say(
+                f"{in_use}: {holder} holds it, a wslogging server {why}; {me} does not join "
+                f"its stream, and {dropped} (configure another port for this program, or the "
+                "same api_keys to share one stream)"
+            )
+            return
         forwarder = self._new_forwarder(found)
         self._forwarder = self._sink = forwarder
         self.state = HandlerState.FORWARDING
         _handlers.add(self)
         forwarder.start()
+        different = differences(found, joiner)
         if found.collector:
-            self._say(
-                f"process {os.getpid()} forwards its records to the collector at {self.url}/ "
-                f"(process {found.pid})"
+            self._say_once(f"{me} forwards its records to the collector at {self.url}/ ({holder})")
+        elif different:
+            these = " and ".join(different)
+            self._say_once(
+                f"{me} forwards its records to {self.url}/, served by {holder}, whose "
+                f"{these} differ from this process's; restart {holder} to use these {these}"
             )
-        else:
-            self._say(
-                f"{self.url}/ is served by process {found.pid}; "
-                f"process {os.getpid()} forwards its records there"
-            )
-        return True
+        elif found.pid != joiner.parent and found.program != joiner.program:
+            # Two programs in one stream: said once, never silently.
+            self._say_once(f"{me} forwards its records to {self.url}/, the stream of {holder}")
+
+    def _joiner(self) -> Joiner:
+        """This process, as :mod:`wslogging._belonging` sees it."""
+        return Joiner(
+            pid=os.getpid(),
+            parent=os.getppid(),
+            program=_rendezvous.this_program(),
+            keys=self._options.keys,
+            generated=self._generated,
+            history=self._options.history,
+        )
+
+    def _may_forward_to(self, found: Rendezvous, joined: Rendezvous | None) -> str | None:
+        """For the forwarder, finding ``found`` serving the port after the server it joined
+        (``joined``) went: ``None`` if it may forward there (the same server, one with the
+        same keys, or one this process belongs with), else the line that says why not."""
+        if joined is not None and (
+            found.secret == joined.secret or (found.keys is not None and found.keys == joined.keys)
+        ):
+            return None
+        joiner = self._joiner()
+        why = refusal(found, joiner)
+        if why is None:
+            return None
+        return (
+            f"{describe(found.pid, found.program)} now serves {self.url}/, a wslogging server "
+            f"{why}; {describe(joiner.pid, joiner.program)} does not forward to it: its "
+            "records wait in its queue, then are dropped and counted"
+        )
 
     def _new_forwarder(self, found: Rendezvous | None) -> Forwarder:
         forwarder = Forwarder(
-            self._options, lambda: self._dropped, self._count_drop, self._take_over, self._say
+            self._options,
+            lambda: self._dropped,
+            self._count_drop,
+            self._take_over,
+            self._say,
+            self._may_forward_to,
         )
-        forwarder.rendezvous = found
+        forwarder.rendezvous = forwarder.joined = found
         return forwarder
 
     def _publish(self, port: int, keys: tuple[str, ...], secret: str) -> None:
         """Write the rendezvous file that lets other processes forward to this one's server
         on ``port``; it names the key too when the key was made up."""
         api_key = keys[0] if self._generated else None
+        published = Rendezvous(
+            os.getpid(),
+            secret,
+            api_key,
+            keys=keys_fingerprint(keys),
+            history=self._options.history,
+            parent=os.getppid(),
+            program=_rendezvous.this_program(),
+        )
         try:
-            _rendezvous.write(self._options.host, port, Rendezvous(os.getpid(), secret, api_key))
+            _rendezvous.write(self._options.host, port, published)
         except OSError as exc:
             self._say(f"other processes cannot forward their records to this one: {exc}")
 
@@ -416,7 +485,18 @@ class WebSocketHandler(logging.Handler):
 
     @staticmethod
     def _say(line: str) -> None:
-        print(f"wslogging: {line}", file=sys.stderr, flush=True)
+        say(line)
+
+    @classmethod
+    def _say_once(cls, line: str) -> None:
+        """:meth:`_say`, unless this process has said ``line`` already (a configuration run
+        twice, as Django's autoreloader child does, says it once)."""
+        with _said_lock:
+            if line in _said:
+                return
+            if len(_said) < MAX_SAID:
+                _said.add(line)
+        cls._say(line)
 
     # -- public state ---------------------------------------------------------------------
 
@@ -681,7 +761,8 @@ class WebSocketHandler(logging.Handler):
             server = self._server
             assert server is not None
             api_key = self._options.keys[0] if self._generated else None
-            found = Rendezvous(os.getppid(), self._secret, api_key)
+            keys = keys_fingerprint(self._options.keys)
+            found = Rendezvous(os.getppid(), self._secret, api_key, keys=keys)
             server.abandon_after_fork()
             server.thread_id = None
             self._server = None
@@ -764,8 +845,9 @@ def _after_fork_in_child() -> None:
     Redis from a thread of their own. The child never keeps the parent's
     listening socket: the port frees when the parent exits, and a child takes it over; nor
     the servers of handlers parked by a reconfiguration going on in another thread."""
-    global _parked_lock
+    global _parked_lock, _said_lock
     _parked_lock = threading.Lock()
+    _said_lock = threading.Lock()
     for parked in _parked.values():
         if parked._server is not None:
             parked._server.abandon_after_fork()

@@ -21,7 +21,6 @@ import resource
 import socket
 import ssl
 import struct
-import sys
 import termios
 import threading
 import time
@@ -60,9 +59,13 @@ from ._protocol import (
     parse_client_message,
 )
 from ._redact import DEFAULT_FIELDS, DEFAULT_MASK, RedactingFilter
+from ._stderr import say
 from ._version import __version__
 from ._viewer import viewer_page
 
+# The close code (RFC 6455's "service restart") that tells forwarders this process serves the
+# port again in a moment.
+RESTARTING = 1012
 # Routes anyone may reach; every other one needs a key.
 PUBLIC_PATHS = frozenset({"/", "/healthz", "/openapi.json"})
 # Heartbeats a write may go without progress before the client is taken for gone.
@@ -466,6 +469,7 @@ class LogServer:
         self._released = threading.Event()
         self._served = False
         self._close_budget = 1.0
+        self._restarting = False
         self._closer: asyncio.Task[None] | None = None
 
     # -- app side -------------------------------------------------------------------------
@@ -572,12 +576,16 @@ class LogServer:
         self.set_keys(options.keys)  # streams of keys no longer accepted are closed
         return kept
 
-    def close(self, timeout: float) -> None:
+    def close(self, timeout: float, restarting: bool = False) -> None:
         """Deliver what is queued, close WebSockets with 1001 and end SSE streams, then stop
-        the thread, all within about ``timeout`` seconds. Idempotent."""
+        the thread, all within about ``timeout`` seconds. Idempotent. ``restarting``: this
+        process serves the port again in a moment (a reconfiguration that could not keep
+        this server): forwarders are closed with 1012 (service restart) rather than 1001, and
+        those this process started leave the port to it (see :class:`Forwarder`)."""
         if self.state is not ServerState.RUNNING:
             return
         self.state = ServerState.CLOSED
+        self._restarting = restarting
         # Under logging's module lock (dictConfig closing the handlers it replaces) the server
         # thread may be waiting for that lock to log, so this thread must not wait for it:
         # delivery then goes on after we return.
@@ -590,7 +598,7 @@ class LogServer:
             return
         # The budget covers delivery; closing the sockets afterwards takes up to a second more.
         if may_wait and not self._stopped.wait(timeout + 2.0):
-            print("wslogging: the server did not stop in time", file=sys.stderr)
+            say("the server did not stop in time")
 
     # -- server thread --------------------------------------------------------------------
 
@@ -603,7 +611,7 @@ class LogServer:
             try:
                 loop.run_until_complete(self._serve(sock, ssl_context))
             except Exception as exc:
-                print(f"wslogging: the server could not start: {exc!r}", file=sys.stderr)
+                say(f"the server could not start: {exc!r}")
                 self.state = ServerState.CLOSED  # later records are counted as dropped
                 return
             self._served = True
@@ -777,7 +785,7 @@ class LogServer:
         try:
             await source.run(self._accept)
         except Exception as exc:
-            print(f"wslogging: reading records stopped: {exc!r}", file=sys.stderr, flush=True)
+            say(f"reading records stopped: {exc!r}")
 
     def _close_revoked(self) -> None:
         """Close every stream whose key is no longer accepted (server thread)."""
@@ -791,10 +799,7 @@ class LogServer:
             self.hub.accept(entries, marked)
         except Exception as exc:
             self.hub.records_failed += len(entries)
-            print(
-                f"wslogging: {len(entries)} record(s) could not be served: {exc!r}",
-                file=sys.stderr,
-            )
+            say(f"{len(entries)} record(s) could not be served: {exc!r}")
 
     def _begin_shutdown(self, budget: float) -> None:
         """Start :meth:`_shutdown` once, however many times it is asked for; if the server
@@ -819,7 +824,10 @@ class LogServer:
         self._released.set()
         self._sweeper.cancel()
         # Forwarders next, so that one of them takes the port over while we finish.
-        ingest = [asyncio.ensure_future(self._close_ingest(ws)) for ws in self._ingest_sockets]
+        ingest = [
+            asyncio.ensure_future(self._close_ingest(ws, self._restarting))
+            for ws in self._ingest_sockets
+        ]
         if ingest:
             await asyncio.wait(ingest, timeout=min(1.0, budget))
         if self._handoff is None:
@@ -1313,9 +1321,12 @@ class LogServer:
         return stats
 
     @staticmethod
-    async def _close_ingest(ws: web.WebSocketResponse) -> None:
+    async def _close_ingest(ws: web.WebSocketResponse, restarting: bool = False) -> None:
         with contextlib.suppress(Exception):
-            await ws.close(code=1001, message=b"server shutting down")
+            if restarting:
+                await ws.close(code=RESTARTING, message=b"server restarting")
+            else:
+                await ws.close(code=1001, message=b"server shutting down")
 
     def abandon_after_fork(self) -> None:
         """In a process forked from this one: let go of the sockets inherited from it (the
