@@ -116,6 +116,7 @@ if __name__ == "__main__":
         f'  curl -N -H "Authorization: Bearer {key}" {live.url}/api/get-logs-stream',
         flush=True,
     )
-    # No reloader: it would run this module twice, and the second copy would find the log
-    # stream's port taken (it would say so and drop its records).
+    # No reloader here, to keep one process. `flask --app flask_app run --debug` has one:
+    # its first process serves the log stream and the app process it starts (again after
+    # every code change) forwards its records there, on the same stream.
     app.run(port=APP_PORT, use_reloader=False)

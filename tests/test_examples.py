@@ -322,6 +322,55 @@ async def test_fastapi_under_uvicorn(
     await stream.close()
 
 
+# -- Flask ----------------------------------------------------------------------------------
+
+
+async def test_flask_reloader_and_edited_keys(
+    start: Callable[..., Program], session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """examples/flask_app.py under ``flask run --debug``: the reloader process serves the
+    stream and the app process it starts forwards to it, quietly. After ``api_keys`` are
+    edited in the code, the new app process still forwards (its records arrive under the old
+    key) and says once, in one line, that the server's keys differ and what to do."""
+    app_file = tmp_path / "flask_app.py"
+    app_file.write_text((EXAMPLES / "flask_app.py").read_text())
+    log_port, app_port = free_port(), free_port()
+    command = [sys.executable, "-m", "flask", "--app", "flask_app", "run", "--debug"]
+    program = start([*command, "--port", str(app_port)], tmp_path, log_port)
+    app_url = f"http://127.0.0.1:{app_port}"
+    stream = Stream(session, f"http://127.0.0.1:{log_port}", program)
+    assert 200 == await get(session, f"{app_url}/orders/42", program)
+    logs = await stream.until(by("shop", "order 42 looked up"), "the app's record")
+    first_app = one(logs, "shop", "order 42 looked up")["pid"]
+    assert first_app != program.process.pid  # the reloader's child
+    assert [] == [line for line in program.text().splitlines() if "wslogging" in line]
+    text = app_file.read_text()
+    edited = text.replace('"port": PORT,', '"port": PORT, "api_keys": "edited-key",')
+    assert edited != text
+    app_file.write_text(edited)
+    async with asyncio.timeout(TIMEOUT):
+        while True:  # until the new app process answers
+            await get(session, f"{app_url}/orders/7", program)
+            if await stream.reached(
+                lambda logs: any(
+                    f["pid"] not in (first_app, program.process.pid) and "order 7" in f["log"]
+                    for f in logs
+                ),
+                0.5,
+            ):
+                break
+    said = [line for line in program.text().splitlines() if "wslogging" in line]
+    assert 1 == len(said), said
+    assert re.fullmatch(
+        r"wslogging: process \d+ \(flask\) forwards its records to http://127\.0\.0\.1:"
+        rf"{log_port}/, served by process {program.process.pid} \(flask\), whose api_keys "
+        rf"differ from this process's; restart process {program.process.pid} \(flask\) to "
+        "use these api_keys",
+        said[0],
+    ), said[0]
+    await stream.close()
+
+
 # -- Django ---------------------------------------------------------------------------------
 
 
