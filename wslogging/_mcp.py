@@ -506,30 +506,7 @@ def build_server(client: LogsClient) -> MCPServer:
         and field values are cut with a marker "… [cut N characters]".
         """
         query = _filter(level, logger, category, grep, fields)
-        extra = [("limit", str(limit))] + ([] if since is None else [("since", since)])
-        answer = await client.get("/api/logs", [*query, *extra])
-        page = Page()
-        if answer.get("gap"):
-            page.add_gap(answer["gap"])
-        # Losses that stand among the records (overflow, source), told before them.
-        for gap in answer.get("gaps", []):
-            page.add_gap(gap)
-        for frame in answer["records"]:
-            page.add_record(frame)
-        next_since = str(answer["last_id"])
-        left_out = page.fit("first" if since is not None else "last")
-        records = page.records
-        summary = f"{_count(len(records))} (oldest first)."
-        if since is None:
-            if left_out:
-                summary += f" {_count(left_out, 'older record')} left out to keep this short."
-        else:
-            if left_out or len(records) == limit:
-                next_since = records[-1]["id"]
-                summary += " More may follow: call again with since=next_since."
-        if not records:
-            summary = "No matching records."
-        return page.result(next_since, left_out, summary)
+        return await _get_logs(client, query, since, limit)
 
     @server.tool(annotations=_READ_ONLY)
     async def wait_for_logs(
@@ -552,31 +529,75 @@ def build_server(client: LogsClient) -> MCPServer:
         watch a deploy, a test run or a reproduction: e.g. grep="ready", or level="error".
         """
         query = _filter(level, logger, category, grep, fields)
-        page, next_since = await client.wait(query, since, timeout, limit)
-        left_out = page.fit("first")
-        records = page.records
-        if left_out:
-            next_since = records[-1]["id"]
-        if records:
-            summary = f"{_count(len(records))} arrived (oldest first)."
-            if left_out or len(records) == limit:
-                summary += " More may follow: call again with since=next_since."
-        else:
-            summary = f"No matching record within {timeout:g} s."
-        return page.result(next_since, left_out, summary)
+        return await _wait_for_logs(client, query, since, timeout, limit)
 
     @server.tool(annotations=_READ_ONLY)
     async def get_stats() -> Annotated[CallToolResult, dict[str, Any]]:
         """How the log server is doing: connected clients, records accepted and dropped
         (queue full), records dropped for slow clients, history size, forwarding processes,
         backend."""
-        stats: dict[str, Any] = await client.get("/api/stats")
-        text = "\n".join(f"{k}: {json.dumps(v, ensure_ascii=False)}" for k, v in stats.items())
-        return CallToolResult(
-            content=[TextContent(type="text", text=text)], structured_content=stats
-        )
+        return await _get_stats(client)
 
     return server
+
+
+async def _get_logs(
+    client: LogsClient, query: list[tuple[str, str]], since: str | None, limit: int
+) -> CallToolResult:
+    """``get_logs``: a page of history, the newest ``limit`` or those after ``since``."""
+    extra = [("limit", str(limit))] + ([] if since is None else [("since", since)])
+    answer = await client.get("/api/logs", [*query, *extra])
+    page = Page()
+    if answer.get("gap"):
+        page.add_gap(answer["gap"])
+    # Losses that stand among the records (overflow, source), told before them.
+    for gap in answer.get("gaps", []):
+        page.add_gap(gap)
+    for frame in answer["records"]:
+        page.add_record(frame)
+    next_since = str(answer["last_id"])
+    left_out = page.fit("first" if since is not None else "last")
+    records = page.records
+    summary = f"{_count(len(records))} (oldest first)."
+    if since is None:
+        if left_out:
+            summary += f" {_count(left_out, 'older record')} left out to keep this short."
+    else:
+        if left_out or len(records) == limit:
+            next_since = records[-1]["id"]
+            summary += " More may follow: call again with since=next_since."
+    if not records:
+        summary = "No matching records."
+    return page.result(next_since, left_out, summary)
+
+
+async def _wait_for_logs(
+    client: LogsClient,
+    query: list[tuple[str, str]],
+    since: str | None,
+    timeout: float,  # noqa: ASYNC109 (bounded in LogsClient.wait)
+    limit: int,
+) -> CallToolResult:
+    """``wait_for_logs``: the records that match once some arrive, or none at ``timeout``."""
+    page, next_since = await client.wait(query, since, timeout, limit)
+    left_out = page.fit("first")
+    records = page.records
+    if left_out:
+        next_since = records[-1]["id"]
+    if records:
+        summary = f"{_count(len(records))} arrived (oldest first)."
+        if left_out or len(records) == limit:
+            summary += " More may follow: call again with since=next_since."
+    else:
+        summary = f"No matching record within {timeout:g} s."
+    return page.result(next_since, left_out, summary)
+
+
+async def _get_stats(client: LogsClient) -> CallToolResult:
+    """``get_stats``: the server's ``/api/stats``, structured and as text."""
+    stats: dict[str, Any] = await client.get("/api/stats")
+    text = "\n".join(f"{k}: {json.dumps(v, ensure_ascii=False)}" for k, v in stats.items())
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=stats)
 
 
 async def _serve(server: MCPServer, client: LogsClient) -> None:
