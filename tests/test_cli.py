@@ -16,7 +16,8 @@ from conftest import TIMEOUT, receive_json
 
 import wslogging
 from wslogging import _rendezvous
-from wslogging.cli import _client_key, main
+from wslogging.cli import main
+from wslogging.cli._common import client_key
 
 
 async def test_demo_streams_and_stops_cleanly(session: aiohttp.ClientSession) -> None:
@@ -93,7 +94,7 @@ def test_a_client_gets_the_kept_key_for_a_loopback_url_only(
     monkeypatch.setenv(_rendezvous.RUNTIME_DIR_ENV, str(tmp_path / "run"))
     monkeypatch.delenv("WSLOGGING_API_KEY", raising=False)
     key, path, _ = _rendezvous.kept_key("127.0.0.1", 3000)
-    found = _client_key(argparse.Namespace(url=url, key=None, quiet=False), "tail")
+    found = client_key(argparse.Namespace(url=url, key=None, quiet=False), "tail")
     expected = ((key, str(path)), f"wslogging tail: using the API key kept in {path}\n")
     assert (expected if given else ((None, None), "")) == (found, capsys.readouterr().err)
 
@@ -106,6 +107,6 @@ def test_an_explicit_key_wins_over_a_kept_one(
     _rendezvous.kept_key("127.0.0.1", 3000)
     monkeypatch.setenv("WSLOGGING_API_KEY", "from-env")
     args = argparse.Namespace(url="127.0.0.1:3000", key=None, quiet=True)
-    assert ("from-env", None) == _client_key(args, "tail")
+    assert ("from-env", None) == client_key(args, "tail")
     args.key = "given"
-    assert ("given", None) == _client_key(args, "mcp")
+    assert ("given", None) == client_key(args, "mcp")

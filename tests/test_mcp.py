@@ -21,8 +21,7 @@ import pytest
 from conftest import KEY, TIMEOUT, async_wait_until
 
 import wslogging
-from wslogging import _mcp
-from wslogging.cli import MCP_MISSING
+from wslogging.cli import MCP_MISSING, _mcp
 
 log = logging.getLogger("app.mcp")
 WORKER = str(Path(__file__).with_name("_worker.py"))

@@ -24,7 +24,8 @@ from _records import make_entry
 from conftest import KEY, TIMEOUT, async_wait_until
 
 import wslogging
-from wslogging import _rendezvous, _tail
+from wslogging import _rendezvous
+from wslogging.cli import _tail
 
 log = logging.getLogger("app.tail")
 

@@ -39,9 +39,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
-from ._backoff import Backoff
-from ._filters import FilterError, build_filter
-from ._version import __version__
+from .._backoff import Backoff
+from .._filters import FilterError, build_filter
+from .._version import __version__
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 STREAM_PATH = "/ws/logs"

@@ -43,9 +43,9 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
+from .._filters import field_text
+from .._version import __version__
 from . import _tail
-from ._filters import field_text
-from ._version import __version__
 
 # Records one call returns at most, and by default.
 MAX_RECORDS = 200
@@ -306,7 +306,7 @@ class LogsClient:
     a model can act on when the server cannot be asked or refuses."""
 
     def __init__(self, url: str, key: str | None, cafile: str | None = None) -> None:
-        """Raises :class:`~wslogging._tail.TailError` for a URL that cannot be used and
+        """Raises :class:`~wslogging.cli._tail.TailError` for a URL that cannot be used and
         ``OSError`` or ``ssl.SSLError`` for a ``cafile`` that cannot be read."""
         self.stream = _tail.stream_url(url)
         self.base = _tail.api_url(self.stream, "/")
