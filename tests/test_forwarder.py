@@ -32,6 +32,7 @@ from conftest import (
 )
 
 import wslogging
+import wslogging.server._forwarders
 from wslogging import _ingest, _rendezvous
 from wslogging._belonging import describe
 from wslogging._filters import Filter
@@ -1049,7 +1050,7 @@ async def test_unproven_handshakes_hold_no_forwarder_place(
 ) -> None:
     """Handshakes that never prove anything do not take the places of forwarders (anyone
     who reaches the port can start one)."""
-    monkeypatch.setattr(wslogging.server, "MAX_FORWARDERS", 2)
+    monkeypatch.setattr(wslogging.server._forwarders, "MAX_FORWARDERS", 2)
     idle = []
     for _ in range(4):
         nonce = _ingest.new_nonce()

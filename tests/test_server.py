@@ -28,7 +28,8 @@ from openapi_spec_validator import validate
 
 import wslogging
 from wslogging._hub import BATCH
-from wslogging.server import _HANDSHAKE_HEADERS, new_event_loop
+from wslogging.server import new_event_loop
+from wslogging.server._websocket import HANDSHAKE_HEADERS
 
 log = logging.getLogger("app.worker")
 Configure = Callable[..., wslogging.WebSocketHandler]
@@ -244,7 +245,7 @@ async def test_credentials_never_reach_any_output(
     assert 3 == sum("wslogging.http DEBUG Error handling request" in x for x in capture.lines)
 
 
-@pytest.mark.parametrize("name", _HANDSHAKE_HEADERS)
+@pytest.mark.parametrize("name", HANDSHAKE_HEADERS)
 def test_handshake_header_with_bytes_beyond_ascii_is_400(
     handler: wslogging.WebSocketHandler, name: str
 ) -> None:

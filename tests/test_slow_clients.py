@@ -17,7 +17,7 @@ import websockets
 from conftest import AUTH, KEY, TIMEOUT, async_wait_until, connect, receive_logs, wait_until
 
 import wslogging
-import wslogging.server
+import wslogging.server._app
 from wslogging.server import WRITE_SLICE
 
 log = logging.getLogger("app.burst")
@@ -30,8 +30,8 @@ PADDING = "x" * 2000  # 3000 records of 2 KB: far more than a stalled socket's b
 def _small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches smaller than the clients' queues here: a batch always fits a client's queue
     whole, and what is under test is what happens to a client that falls behind by many."""
-    monkeypatch.setattr(wslogging.server, "MIN_BATCH", 25)
-    monkeypatch.setattr(wslogging.server, "MAX_BATCH", 25)
+    monkeypatch.setattr(wslogging.server._app, "MIN_BATCH", 25)
+    monkeypatch.setattr(wslogging.server._app, "MAX_BATCH", 25)
 
 
 def stalled_socket(handler: wslogging.WebSocketHandler) -> socket.socket:
