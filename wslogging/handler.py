@@ -3,122 +3,37 @@
 from __future__ import annotations
 
 import dataclasses
-import enum
 import errno
 import logging
 import os
-import socket
 import threading
 import time
-import weakref
 from collections.abc import Iterable
 from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
-from . import _auth, _rendezvous
-from ._belonging import Joiner, describe, differences, refusal
+from . import _auth, _rendezvous, _roles
 from ._filters import parse_level
-from ._forwarder import Forwarder
-from ._hub import SlowClientPolicy
+from ._options import handler_options
 from ._redact import RedactingFilter
-from ._rendezvous import Rendezvous, RendezvousError, keys_fingerprint
-from ._stderr import say
+from ._roles import ACCEPTING, CLOSE_TIMEOUT, STREAMING, HandlerState, Roles
 from ._wire import LogEntry, default_message, json_safe, render_record
-from .server import LogServer, ServerOptions, ServerState, holds_logging_lock
+from .server import LogServer, ServerOptions, holds_logging_lock
 
 if TYPE_CHECKING:
-    from ._redis import StreamAppender
+    pass
 
-# How long close() may spend delivering what is queued before it gives up.
-CLOSE_TIMEOUT = 2.0
 # Records a thread may log from a signal handler (or __del__) while it is inside a hand-off;
 # they go out right after it. More are dropped and counted.
 REENTRANT_PARKED = 100
-# How long a handler that finds its port in use waits for the process holding it to publish
-# its rendezvous file (it does so right after binding) before it takes the holder for some
-# other program.
-JOIN_WAIT = 1.0
 
-_handlers: weakref.WeakSet[WebSocketHandler] = weakref.WeakSet()
-# Lines said once per process (see WebSocketHandler._say_once); bounded.
-_said: set[str] = set()
-_said_lock = threading.Lock()
-MAX_SAID = 100
 # Serving handlers closed by a reconfiguration (dictConfig, fileConfig), by port: their
 # servers go on until a handler on the same port adopts them or the reconfiguration is over.
 _parked: dict[int, WebSocketHandler] = {}
 _parked_lock = threading.Lock()
 
 
-class HandlerState(enum.Enum):
-    """``SERVING``: this process serves the port. ``FORWARDING``: another process of this
-    user on this host does, and records are sent to it (see :class:`Forwarder`).
-    ``APPENDING``: ``backend=`` is set, and records are appended to a Redis stream. ``FAILED``
-    (the server could not start) and ``CLOSED`` count every record as dropped and do nothing
-    else. ``PARKED``: closed by a reconfiguration while serving; its server goes on, for the
-    handler that replaces it to adopt, and records that still reach this one go to it."""
-
-    SERVING = "serving"
-    FORWARDING = "forwarding"
-    APPENDING = "appending"
-    FAILED = "failed"
-    CLOSED = "closed"
-    PARKED = "parked"
-
-
-# Tuples, not sets: membership by identity, without Enum's hash (a Python call) on every
-# logging call.
-_STREAMING = (HandlerState.SERVING, HandlerState.FORWARDING, HandlerState.APPENDING)
-# What hands records on to its sink: a parked handler's server is still serving.
-_ACCEPTING = (*_STREAMING, HandlerState.PARKED)
-
-
-def _bool(name: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in {"1", "true", "yes", "on"}:
-        return True
-    if isinstance(value, str) and value.strip().lower() in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError(f"{name} must be true or false, not {value!r}")
-
-
-def _number(name: str, value: Any, kind: type[int] | type[float], minimum: float) -> Any:
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, not {value!r}") from None
-    if number < minimum:
-        raise ValueError(f"{name} must be at least {minimum:g}, not {value!r}")
-    return number
-
-
-def _port(value: object) -> int:
-    port: int = _number("port", value, int, 0)
-    if port > 65535:
-        raise ValueError(f"port must be 0 to 65535, not {value!r}")
-    return port
-
-
-def _keep_level(value: object) -> int | None:
-    """``keep_level``: a level name or number, or ``None`` / ``""`` for no shedding."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
-        level = logging.getLevelNamesMapping().get(value.strip().upper())
-        if level is None:
-            raise ValueError(f"keep_level must be a level name or number, not {value!r}")
-        return level
-    return int(_number("keep_level", value, int, 0))
-
-
-def _origins(value: str | Iterable[str] | None) -> frozenset[str] | None:
-    if value is None:
-        return None
-    return frozenset(_auth.parse_keys(value))
-
-
-class WebSocketHandler(logging.Handler):
+class WebSocketHandler(Roles):
     """A logging handler that serves the records it gets to live clients (SPEC §2).
 
     Every option is a plain keyword so ``dictConfig`` and ``fileConfig`` can build it; strings
@@ -186,40 +101,26 @@ class WebSocketHandler(logging.Handler):
         stream: str = "wslogging",
         keep_level: int | str | None = logging.WARNING,
     ) -> None:
-        try:
-            policy = SlowClientPolicy(slow_client)
-        except ValueError:
-            raise ValueError(
-                f"slow_client must be 'drop' or 'disconnect', not {slow_client!r}"
-            ) from None
-        keys = _auth.configured_keys(api_keys, api_key_env, os.environ)
-        generated = not keys and not backend
-        kept = ""  # where a made-up key is kept, for the line that prints it
-        if generated:
-            key, kept = _rendezvous.made_up_key(str(host), _port(port))
-            keys = [key]
-        clients: int = _number("max_clients", max_clients, int, 0)
-        per_key: int = clients
-        if max_clients_per_key not in (None, ""):
-            per_key = _number("max_clients_per_key", max_clients_per_key, int, 1)
-        options = ServerOptions(
-            host=str(host),
-            port=_port(port),
-            keys=tuple(keys),
-            history=_number("history", history, int, 0),
-            queue_size=_number("queue_size", queue_size, int, 1),
-            client_queue_size=_number("client_queue_size", client_queue_size, int, 1),
-            slow_client=policy,
-            heartbeat=_number("heartbeat", heartbeat, float, 0.01),
-            max_clients=clients,
-            max_clients_per_key=per_key,
-            allowed_origins=_origins(allowed_origins),
-            allow_query_token=_bool("allow_query_token", allow_query_token),
-            ssl_certfile=ssl_certfile or None,
-            ssl_keyfile=ssl_keyfile or None,
-            keep_level=_keep_level(keep_level),
+        options, generated, kept = handler_options(
+            host=host,
+            port=port,
+            api_keys=api_keys,
+            api_key_env=api_key_env,
+            history=history,
+            queue_size=queue_size,
+            client_queue_size=client_queue_size,
+            slow_client=slow_client,
+            heartbeat=heartbeat,
+            max_clients=max_clients,
+            max_clients_per_key=max_clients_per_key,
+            allowed_origins=allowed_origins,
+            allow_query_token=allow_query_token,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
+            keep_level=keep_level,
+            made_up=not backend,
         )
-        appender = _appender(self, backend, stream, options) if backend else None
+        appender = _roles.appender(self, backend, stream, options) if backend else None
         # Only now, with every option valid, does the handler join logging's handler list.
         super().__init__(level)
         self.stream = stream
@@ -229,28 +130,28 @@ class WebSocketHandler(logging.Handler):
         self._drop_lock = threading.RLock()
         self._local = threading.local()
         self._dropped = 0
-        # The handler that adopted this one's server (see _adopt): drops are counted there.
-        self._adopter: WebSocketHandler | None = None
+        self._adopter = None
         self._options = options
-        # 0: a port chosen by the system, which no later handler asks for by number.
         self._configured_port = options.port
         self._generated = generated
-        # Taken (briefly, never while waiting for another thread) to change roles: close()
-        # against a takeover on the forwarder's thread.
         self._role_lock = threading.Lock()
         self._secret = _rendezvous.new_secret()
-        self._forwarder: Forwarder | None = None
+        self._forwarder = None
         self._appender = appender
-        # This process's server: None while it serves nothing (forwarding or appending).
-        self._server: LogServer | None = None
-        # Where records go: the server, the forwarder, or the Redis appender.
-        self._sink: LogServer | Forwarder | StreamAppender
+        self._server = None
         if appender is not None:
             self._sink = appender
             appender.start()  # connects in its own thread; an outage is its business
             self.state = HandlerState.APPENDING
-            _handlers.add(self)
+            self._register()
             return
+        self._serve(options, generated, kept, api_key_env)
+
+    def _serve(
+        self, options: ServerOptions, generated: bool, kept: str, api_key_env: str | None
+    ) -> None:
+        """Serve the port: adopt the server a reconfiguration parked on it, or start one; if
+        the port is in use, join the process serving it (see :meth:`Roles._join`)."""
         parked = _unpark(options.port) if options.port else None
         if parked is not None:
             if self._adopt(parked, options):
@@ -282,221 +183,9 @@ class WebSocketHandler(logging.Handler):
         self._options = dataclasses.replace(options, port=server.port)
         self._publish(server.port, options.keys, self._secret)
         self.state = HandlerState.SERVING
-        _handlers.add(self)
+        self._register()
         if generated:
-            self._say(f"streaming logs at {self.url}/ with API key {keys[0]}{kept}")
-
-    def _adopt(self, parked: WebSocketHandler, options: ServerOptions) -> bool:
-        """Serve on with the server of ``parked``, the handler this one replaces in a
-        reconfiguration (see the class docstring); whether it could (the same host and TLS
-        files, and the server still running)."""
-        server = parked._server
-        old = parked._options
-        if (
-            server is None
-            or server.state is not ServerState.RUNNING
-            or (old.host, old.ssl_certfile, old.ssl_keyfile)
-            != (options.host, options.ssl_certfile, options.ssl_keyfile)
-        ):
-            return False
-        announce = False
-        if self._generated and parked._generated:
-            # Neither configured a key: the one printed, that clients have, stays.
-            options = dataclasses.replace(options, keys=old.keys)
-        elif self._generated:
-            announce = True  # the configured keys went: the new made-up one is printed
-        options = dataclasses.replace(options, port=server.port)
-        with parked._drop_lock:
-            self._dropped = parked._dropped  # the server's count of drops goes on from there
-            parked._adopter = self
-        kept = server.reconfigure(options, lambda: self._dropped)
-        self._options = options
-        self._server = self._sink = server
-        self._secret = parked._secret
-        self._publish(server.port, options.keys, self._secret)
-        self.state = HandlerState.SERVING
-        _handlers.add(self)
-        if kept:
-            values = ", ".join(f"{name}={getattr(old, name)}" for name in kept)
-            self._say(
-                f"{self.url}/ kept serving through the reconfiguration with {values}; "
-                "the new value applies when the process restarts"
-            )
-        if announce:
-            self._say(f"streaming logs at {self.url}/ with API key {options.keys[0]}")
-        return True
-
-    def _stop_parked(self, restarting: bool = False) -> None:
-        """Stop the parked server (this handler's, taken out of the parked ones): bounded,
-        and without waiting under logging's lock; ``restarting``: a new one follows at once
-        (see :meth:`LogServer.close`)."""
-        with self._role_lock:
-            self.state = HandlerState.CLOSED
-            server, secret = self._server, self._secret
-        if server is not None:
-            _rendezvous.remove(self._options.host, server.port, secret)
-            server.close(CLOSE_TIMEOUT, restarting)
-
-    def _join(self) -> None:
-        """The port is in use: forward to the process serving it if it is a wslogging server
-        of this user (it has published a rendezvous file) that this process belongs with
-        (see :mod:`wslogging._belonging`); else say, in one line, who holds the port and why
-        this process does not join, and drop (counting)."""
-        host, port = self._options.host, self._options.port
-        in_use = f"cannot serve on {host}:{port} (Address already in use)"
-        dropped = "records for this handler are dropped and counted"
-        try:
-            found = _rendezvous.wait_for(host, port, JOIN_WAIT)
-        except RendezvousError as exc:
-            self._say(f"{in_use} nor forward to the process serving it: {exc}; {dropped}")
-            return
-        if found is None:
-            self._say(
-                f"{in_use}: another program holds it, not a wslogging server of this user; "
-                f"{dropped} (configure another port)"
-            )
-            return
-        joiner = self._joiner()
-        holder = describe(found.pid, found.program)
-        me = describe(joiner.pid, joiner.program)
-        why = refusal(found, joiner)
-        if why is not None:
-            self._say(
-                f"{in_use}: {holder} holds it, a wslogging server {why}; {me} does not join "
-                f"its stream, and {dropped} (configure another port for this program, or the "
-                "same api_keys to share one stream)"
-            )
-            return
-        forwarder = self._new_forwarder(found)
-        self._forwarder = self._sink = forwarder
-        self.state = HandlerState.FORWARDING
-        _handlers.add(self)
-        forwarder.start()
-        different = differences(found, joiner)
-        if found.collector:
-            self._say_once(f"{me} forwards its records to the collector at {self.url}/ ({holder})")
-        elif different:
-            these = " and ".join(different)
-            self._say_once(
-                f"{me} forwards its records to {self.url}/, served by {holder}, whose "
-                f"{these} differ from this process's; restart {holder} to use these {these}"
-            )
-        elif found.pid != joiner.parent and found.program != joiner.program:
-            # Two programs in one stream: said once, never silently.
-            self._say_once(f"{me} forwards its records to {self.url}/, the stream of {holder}")
-
-    def _joiner(self) -> Joiner:
-        """This process, as :mod:`wslogging._belonging` sees it."""
-        return Joiner(
-            pid=os.getpid(),
-            parent=os.getppid(),
-            program=_rendezvous.this_program(),
-            keys=self._options.keys,
-            generated=self._generated,
-            history=self._options.history,
-        )
-
-    def _may_forward_to(self, found: Rendezvous, joined: Rendezvous | None) -> str | None:
-        """For the forwarder, finding ``found`` serving the port after the server it joined
-        (``joined``) went: ``None`` if it may forward there (the same server, one with the
-        same keys, or one this process belongs with), else the line that says why not."""
-        if joined is not None and (
-            found.secret == joined.secret or (found.keys is not None and found.keys == joined.keys)
-        ):
-            return None
-        joiner = self._joiner()
-        why = refusal(found, joiner)
-        if why is None:
-            return None
-        return (
-            f"{describe(found.pid, found.program)} now serves {self.url}/, a wslogging server "
-            f"{why}; {describe(joiner.pid, joiner.program)} does not forward to it: its "
-            "records wait in its queue, then are dropped and counted"
-        )
-
-    def _new_forwarder(self, found: Rendezvous | None) -> Forwarder:
-        forwarder = Forwarder(
-            self._options,
-            lambda: self._dropped,
-            self._count_drop,
-            self._take_over,
-            self._say,
-            self._may_forward_to,
-        )
-        forwarder.rendezvous = forwarder.joined = found
-        return forwarder
-
-    def _publish(self, port: int, keys: tuple[str, ...], secret: str) -> None:
-        """Write the rendezvous file that lets other processes forward to this one's server
-        on ``port``; it names the key too when the key was made up."""
-        api_key = keys[0] if self._generated else None
-        published = Rendezvous(
-            os.getpid(),
-            secret,
-            api_key,
-            keys=keys_fingerprint(keys),
-            history=self._options.history,
-            parent=os.getppid(),
-            program=_rendezvous.this_program(),
-        )
-        try:
-            _rendezvous.write(self._options.host, port, published)
-        except OSError as exc:
-            self._say(f"other processes cannot forward their records to this one: {exc}")
-
-    def _take_over(self, sock: socket.socket, found: Rendezvous | None) -> LogServer | None:
-        """Serve on ``sock``, which the forwarder (on its thread) has just bound: the
-        process that served the port has gone. A made-up key stays the one the previous
-        server printed, so clients that have it keep working. ``None`` (and ``sock`` closed)
-        if this handler is closed meanwhile or the server cannot start."""
-        options = self._options
-        if self._generated and found is not None and found.api_key:
-            options = dataclasses.replace(options, keys=(found.api_key,))
-        secret = _rendezvous.new_secret()
-        server = LogServer(options, lambda: self._dropped, ingest_secret=secret)
-        # Published before the server starts, for the other forwarders to find it sooner.
-        port: int = sock.getsockname()[1]
-        self._publish(port, options.keys, secret)
-        try:
-            server.start(sock)
-        except Exception as exc:
-            sock.close()
-            _rendezvous.remove(options.host, port, secret)
-            self._say(f"cannot take over {options.host}:{options.port}: {exc!r}")
-            return None
-        with self._role_lock:
-            closed = self.state is HandlerState.CLOSED
-            if not closed:
-                self._server = self._sink = server
-                self._secret = secret
-                self.state = HandlerState.SERVING
-            # set_api_keys() may have run since options were read, and seen no server.
-            keys = self._options.keys if not self._generated else options.keys
-        if not closed and keys != options.keys:
-            server.set_keys(keys)
-            self._publish(port, keys, secret)
-        if closed:
-            server.close(0.0)
-            _rendezvous.remove(options.host, port, secret)
-            return None
-        before = f" from process {found.pid}" if found is not None else ""
-        self._say(f"process {os.getpid()} took over serving {self.url}/{before}")
-        return server
-
-    @staticmethod
-    def _say(line: str) -> None:
-        say(line)
-
-    @classmethod
-    def _say_once(cls, line: str) -> None:
-        """:meth:`_say`, unless this process has said ``line`` already (a configuration run
-        twice, as Django's autoreloader child does, says it once)."""
-        with _said_lock:
-            if line in _said:
-                return
-            if len(_said) < MAX_SAID:
-                _said.add(line)
-        cls._say(line)
+            self._say(f"streaming logs at {self.url}/ with API key {options.keys[0]}{kept}")
 
     # -- public state ---------------------------------------------------------------------
 
@@ -530,13 +219,6 @@ class WebSocketHandler(logging.Handler):
         return self._sink.port
 
     @property
-    def url(self) -> str:
-        """The base URL, as ``http://127.0.0.1:3000`` (no trailing slash), of this process's
-        server or of the one it forwards to; with ``backend=``, the Redis URL, its password
-        masked."""
-        return self._sink.url
-
-    @property
     def records_dropped(self) -> int:
         """Records that never reached a server: queue full, not forwardable, handler failed
         or closed."""
@@ -566,14 +248,6 @@ class WebSocketHandler(logging.Handler):
         if server is not None:
             server.set_keys(keys)
             self._publish(server.port, keys, secret)  # drops the made-up key from the file
-
-    def _count_drop(self, count: int = 1) -> None:
-        with self._drop_lock:
-            adopter = self._adopter
-            if adopter is None:
-                self._dropped += count
-        if adopter is not None:
-            adopter._count_drop(count)
 
     def _lose(self) -> None:
         """A record lost on its way to the sink, before the hand-off: counted, and, where
@@ -649,7 +323,7 @@ class WebSocketHandler(logging.Handler):
         :data:`REENTRANT_PARKED` of them) and sent by the outer call as soon as it is done,
         rather than waiting for a lock its own thread holds.
         """
-        if self.state not in _ACCEPTING:
+        if self.state not in ACCEPTING:
             self._count_drop()
             return
         local = self._local.__dict__
@@ -703,14 +377,14 @@ class WebSocketHandler(logging.Handler):
                 and self._configured_port != 0
                 and holds_logging_lock()
             )
-            if state in _STREAMING:
+            if state in STREAMING:
                 self.state = HandlerState.PARKED if park else HandlerState.CLOSED
             sink, secret = self._sink, self._secret
         if park:
-            _handlers.discard(self)
+            _roles.handlers.discard(self)
             _park(self)
-        elif state in _STREAMING:
-            _handlers.discard(self)
+        elif state in STREAMING:
+            _roles.handlers.discard(self)
             if state is HandlerState.SERVING:
                 # First: once the server has let the port go, a forwarder may take it over
                 # and publish its own file, which must not be the one removed here.
@@ -752,35 +426,6 @@ class WebSocketHandler(logging.Handler):
             role = f"forwarding to pid {pid}" if pid else "forwarding, not connected"
         return f"<WebSocketHandler {self.url} ({role})>"
 
-    def _forward_after_fork(self) -> None:
-        """In a forked child: let go of what the parent serves or forwards with, and forward
-        to the parent (or whoever serves the port). The forwarder's thread starts with the
-        child's first record: a child that never logs costs nothing."""
-        found: Rendezvous | None = None
-        if self.state is HandlerState.SERVING:
-            server = self._server
-            assert server is not None
-            api_key = self._options.keys[0] if self._generated else None
-            keys = keys_fingerprint(self._options.keys)
-            found = Rendezvous(os.getppid(), self._secret, api_key, keys=keys)
-            server.abandon_after_fork()
-            server.thread_id = None
-            self._server = None
-        if self._forwarder is not None:
-            found = found or self._forwarder.rendezvous
-            self._forwarder.abandon_after_fork()
-        self._forwarder = self._sink = self._new_forwarder(found)
-        self.state = HandlerState.FORWARDING
-
-    def _append_after_fork(self) -> None:
-        """In a forked child of a process appending to Redis: the parent's appender thread
-        is not here, so append with a new one of the child's own (gunicorn's ``--preload``)."""
-        old = self._appender
-        assert old is not None
-        appender = _appender(self, old.url_with_password, old.stream, self._options)
-        self._appender = self._sink = appender
-        appender.start()
-
 
 def _park(handler: WebSocketHandler) -> None:
     """Keep ``handler``'s server going while the reconfiguration that closed it lasts (see
@@ -814,29 +459,6 @@ def _logging_lock() -> threading.RLock:
     return lock
 
 
-def _appender(
-    handler: WebSocketHandler, backend: str, stream: str, options: ServerOptions
-) -> StreamAppender:
-    """The Redis appender for ``backend=``; ``ValueError`` for a bad URL or stream name, or
-    without redis-py."""
-    try:
-        from ._redis import StreamAppender, check_url
-    except ImportError:
-        raise ValueError("backend= needs redis-py: pip install 'wslogging[redis]'") from None
-    check_url(backend)
-    if not isinstance(stream, str) or not stream:
-        raise ValueError(f"stream must be a non-empty string, not {stream!r}")
-    return StreamAppender(
-        backend,
-        stream,
-        maxlen=options.history,
-        queue_size=options.queue_size,
-        keep_level=options.keep_level,
-        dropped=lambda: handler._dropped,
-        count_drops=handler._count_drop,
-    )
-
-
 def _after_fork_in_child() -> None:
     """A forked child has none of its parent's threads, and may have been forked while a lock
     of theirs was held: its handlers get fresh locks, so that a child's logging call can never
@@ -845,15 +467,15 @@ def _after_fork_in_child() -> None:
     Redis from a thread of their own. The child never keeps the parent's
     listening socket: the port frees when the parent exits, and a child takes it over; nor
     the servers of handlers parked by a reconfiguration going on in another thread."""
-    global _parked_lock, _said_lock
+    global _parked_lock
     _parked_lock = threading.Lock()
-    _said_lock = threading.Lock()
+    _roles.after_fork()
     for parked in _parked.values():
         if parked._server is not None:
             parked._server.abandon_after_fork()
         parked.state = HandlerState.CLOSED
     _parked.clear()
-    for handler in list(_handlers):
+    for handler in list(_roles.handlers):
         handler._drop_lock = threading.RLock()
         handler._local = threading.local()
         handler._role_lock = threading.Lock()
@@ -861,7 +483,7 @@ def _after_fork_in_child() -> None:
         try:
             if handler.state is HandlerState.APPENDING:
                 handler._append_after_fork()
-            elif handler.state in _STREAMING:
+            elif handler.state in STREAMING:
                 handler._forward_after_fork()
         except Exception as exc:  # out of descriptors, say: this handler drops, the rest go on
             handler.state = HandlerState.FAILED
@@ -876,7 +498,9 @@ def _is_own(name: object) -> bool:
 
 
 def _serving() -> list[WebSocketHandler]:
-    handlers = [h for h in list(_handlers) if h.state in _STREAMING]
+    handlers = [
+        h for h in list(_roles.handlers) if isinstance(h, WebSocketHandler) and h.state in STREAMING
+    ]
     if not handlers:
         raise RuntimeError(
             "no WebSocketHandler is serving: add one to your logging configuration first"
