@@ -7,11 +7,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wslogging import __version__  # noqa: E402
+from wslogging import __version__
 
 project = "wslogging"
 author = "the wslogging authors"
-copyright = "2026, the wslogging authors"  # noqa: A001
+copyright = "2026, the wslogging authors"
 version = release = __version__
 
 extensions = ["sphinx.ext.autodoc", "sphinx.ext.doctest"]
