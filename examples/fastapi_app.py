@@ -7,8 +7,8 @@ configured by uvicorn's ``--log-config`` (see ``uvicorn_log_config.yaml``)::
     wslogging tail http://127.0.0.1:3000
 
 ``pip install fastapi uvicorn pyyaml`` first. With ``--reload`` or ``--workers N`` the
-process uvicorn starts first serves the log port and the others forward to it (see the
-README).
+process uvicorn starts first serves the log port and the others forward to it (see
+docs/processes.rst).
 """
 
 from __future__ import annotations

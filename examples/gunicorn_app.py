@@ -4,7 +4,7 @@ Every worker configures logging with dictConfig when it imports this module. The
 bind the log port serves it; the others forward their records to it over loopback. Kill the
 serving worker and another takes the port over within moments::
 
-    export WSLOGGING_API_KEY=change-me   # one key for every worker (see the README)
+    export WSLOGGING_API_KEY=change-me   # one key for every worker (see docs/configuration.rst)
     gunicorn -w 4 -b 127.0.0.1:8000 --chdir examples gunicorn_app:app
     curl http://127.0.0.1:8000/orders/42
     wslogging tail http://127.0.0.1:3000               # every worker's records

@@ -1,6 +1,7 @@
-"""The recipes the README shows, run as users run them: the real program (gunicorn, uvicorn,
-Django's runserver, structlog) in a subprocess, on free ports, and a real WebSocket client on
-the wslogging port checking what arrives. The README shows each recipe file whole."""
+"""The recipes the documentation shows, run as users run them: the real program (gunicorn,
+uvicorn, Django's runserver, structlog) in a subprocess, on free ports, and a real WebSocket
+client on the wslogging port checking what arrives. docs/configuration.rst shows each recipe
+file whole."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from conftest import AUTH, KEY, TIMEOUT
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 DJANGO = EXAMPLES / "django_project"
+CONFIGURATION = ROOT / "docs" / "configuration.rst"
 
 Frame = dict[str, Any]
 
@@ -40,8 +42,8 @@ def append_line(path: Path, line: str) -> None:
         out.write(f"{line}\n")
 
 
-def readme_block(path: Path) -> str:
-    """``path``'s text as the README shows it: a block indented by four spaces."""
+def shown_block(path: Path) -> str:
+    """``path``'s text as the documentation shows it: a block indented by four spaces."""
     lines = path.read_text().splitlines()
     return "\n".join(f"    {line}" if line else "" for line in lines)
 
@@ -55,9 +57,9 @@ def readme_block(path: Path) -> str:
         "django_project/shop/settings.py",
     ],
 )
-def test_the_readme_shows_each_recipe_as_the_tests_run_it(name: str) -> None:
-    """A recipe in the README is the file these tests run, whole and unchanged."""
-    assert readme_block(EXAMPLES / name) in (ROOT / "README.rst").read_text()
+def test_the_docs_show_each_recipe_as_the_tests_run_it(name: str) -> None:
+    """A recipe in docs/configuration.rst is the file these tests run, whole and unchanged."""
+    assert shown_block(EXAMPLES / name) in CONFIGURATION.read_text()
 
 
 class Program:

@@ -607,8 +607,9 @@ def app(environ, start_response):
 GUNICORN_CONF = f"import os\n\nlogconfig_dict = {GUNICORN_LOGGING}\n"
 
 
-# The README's gunicorn configuration: gunicorn's own records go to the stream too.
-GUNICORN_README_CONF = """\
+# The gunicorn configuration of docs/configuration.rst: gunicorn's own records go to the
+# stream too.
+GUNICORN_DOCS_CONF = """\
 import os
 
 logconfig_dict = {
@@ -640,7 +641,7 @@ def run_gunicorn(tmp_path: Path) -> Iterator[RunGunicorn]:
     deployment stops it) at the end of the test, killed if it does not stop."""
     (tmp_path / "app.py").write_text(GUNICORN_APP)
     (tmp_path / "conf.py").write_text(GUNICORN_CONF)
-    (tmp_path / "readme_conf.py").write_text(GUNICORN_README_CONF)
+    (tmp_path / "docs_conf.py").write_text(GUNICORN_DOCS_CONF)
     started: list[subprocess.Popen[bytes]] = []
 
     def start(*options: str, workers: int = 4, **env: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -710,12 +711,12 @@ async def test_gunicorn_logconfig_dict(
 async def test_gunicorn_hup_and_recycle_are_invisible_to_clients(
     session: aiohttp.ClientSession, run_gunicorn: RunGunicorn, tmp_path: Path
 ) -> None:
-    """gunicorn, 3 workers, the README's ``logconfig_dict``: two HUPs (each re-runs
+    """gunicorn, 3 workers, the documented ``logconfig_dict``: two HUPs (each re-runs
     dictConfig in the master and replaces every worker) and a worker recycled, under a
     connected client. The master serves throughout: the client's connection stays, with no
     gap, one epoch, every worker's ticks without a hole, gunicorn's own lines all there, and
     the history whole; nothing of wslogging's on stderr."""
-    master, url = run_gunicorn("-c", str(tmp_path / "readme_conf.py"), workers=3)
+    master, url = run_gunicorn("-c", str(tmp_path / "docs_conf.py"), workers=3)
     ws = await reconnect(session, url, "0")
     frames: list[dict[str, Any]] = []
 

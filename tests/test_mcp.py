@@ -380,23 +380,23 @@ async def test_a_server_down_and_back(worker: Callable[..., Any]) -> None:
     assert {"clients", "records_accepted", "records_dropped", "history_size"} <= set(stats)
 
 
-async def test_the_readme_configuration_works(handler: wslogging.WebSocketHandler) -> None:
-    """The README's ``mcpServers`` entry, with this server's URL and key, starts a working
-    MCP server."""
-    readme = (Path(SOURCE) / "README.rst").read_text()
-    block = readme[readme.index('{\n      "mcpServers"') :]
+async def test_the_documented_configuration_works(handler: wslogging.WebSocketHandler) -> None:
+    """The ``mcpServers`` entry of docs/cli.rst, with this server's URL and key, starts a
+    working MCP server."""
+    page = (Path(SOURCE) / "docs" / "cli.rst").read_text()
+    block = page[page.index('{\n      "mcpServers"') :]
     config = json.loads(block[: block.index("\n\n")])
     (entry,) = config["mcpServers"].values()
     script = Path(sys.executable).with_name(entry["command"])
     args = [arg.replace("http://127.0.0.1:3000", handler.url) for arg in entry["args"]]
     env = environment(**{k: v.replace("KEY", KEY) for k, v in entry["env"].items()})
-    log.info("seen through the README's configuration")
-    await logged(handler, "seen through the README's configuration")
+    log.info("seen through the documented configuration")
+    await logged(handler, "seen through the documented configuration")
     params = mcp.StdioServerParameters(command=str(script), args=args, env=env)
     async with connected(params) as client:
         _, data = await call(client, "get_logs", logger=["app"])
 
-    assert ["seen through the README's configuration"] == messages(data)
+    assert ["seen through the documented configuration"] == messages(data)
 
 
 def test_without_the_extra_it_says_which_to_install() -> None:

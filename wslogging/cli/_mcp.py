@@ -5,7 +5,7 @@ call is one request (``GET /api/logs``, ``GET /api/stats``) or one WebSocket to 
 so it holds no state of its own and a server that restarts is simply reached again on the next
 call. It needs the ``mcp`` extra; :mod:`wslogging.cli` imports this module only for ``mcp``.
 
-Decisions a model (and its user) sees, also in the README:
+Decisions a model (and its user) sees, also in docs/cli.rst:
 
 - ``get_logs`` without ``since`` returns the newest ``limit`` matching records; with ``since``
   the oldest ``limit`` after that id, to page forward. Every result has ``next_since``, the id

@@ -5,7 +5,7 @@ before any, the ``last_id`` the first ``hello`` named), and every reconnect pass
 ``since``: records logged while the connection was down arrive once, in order, and what the
 server could no longer keep is announced by its ``gap`` frame, which is printed as a notice.
 
-Decisions a user sees (also in the README):
+Decisions a user sees (also in docs/cli.rst):
 
 - Records go to stdout, one per line (``--json``: the ``log`` and ``gap`` frames as JSON lines,
   as sent); status lines (connected, retrying) go to stderr, so a pipe gets only records.

@@ -1,5 +1,5 @@
 """The smallest Django settings whose ``LOGGING`` streams the app's records, Django's and
-runserver's access lines live (see the README's Django recipe)."""
+runserver's access lines live (see the Django recipe in docs/configuration.rst)."""
 
 import os
 
