@@ -227,7 +227,7 @@ def wsl_case(calls: int, with_client: bool) -> tuple[Case, multiprocessing.Proce
         client_drops=lambda: _stats(handler)["client_drops"],
         close=handler.close,
         handler=handler,
-        background=thread_cpu(handler._server._thread),
+        background=thread_cpu(handler._server._loop_thread.thread),
     ), process
 
 

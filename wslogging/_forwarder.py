@@ -29,14 +29,13 @@ from . import _ingest, _rendezvous, _wire
 from ._backoff import Backoff
 from ._handoff import Handoff
 from ._ingest_client import IngestConnection, _Writer
+from ._loop_thread import LoopThread
 from ._rendezvous import Rendezvous, RendezvousError
 from .server import (
     LogServer,
     ServerOptions,
     base_url,
     bind_socket,
-    holds_logging_lock,
-    new_event_loop,
     release_descriptors,
 )
 
@@ -108,7 +107,8 @@ class Forwarder(IngestConnection):
         self.options = options
         self.port = options.port
         self.state = ForwarderState.NEW
-        self.thread_id: int | None = None
+        # Its thread and loop (see LoopThread), made by start().
+        self._loop_thread = LoopThread("wslogging-forwarder")
         # The pid of the process served by, once connected (None while not connected).
         self.server_pid: int | None = None
         self.rendezvous: Rendezvous | None = None
@@ -125,7 +125,6 @@ class Forwarder(IngestConnection):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._main: asyncio.Task[None] | None = None
         self._pending: list[_wire.LogEntry] = []
-        self._stopped = threading.Event()
         self._connected = threading.Event()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         # The write side while the connection is plain (see _Writer); None otherwise.
@@ -159,13 +158,16 @@ class Forwarder(IngestConnection):
         with self._start_lock:
             if self.state is not ForwarderState.NEW:
                 return
-            # Made here, on the caller's thread, as LogServer.start does (see there).
-            self._loop = new_event_loop()
+            # Made here, on the caller's thread (see LoopThread).
+            self._loop = self._loop_thread.make_loop()
             self._handoff = Handoff(
                 self.options.queue_size, self._loop, keep_level=self.options.keep_level
             )
             self.state = ForwarderState.RUNNING
-            threading.Thread(target=self._run, name="wslogging-forwarder", daemon=True).start()
+            # A closed TLS connection waits for the server's close_notify before its socket is
+            # closed: it is given that moment (aiohttp's own advice), bounded.
+            settle = TLS_SHUTDOWN if self.options.ssl_certfile else 0.0
+            self._loop_thread.start(self._main_task, self._connected.clear, settle)
 
     def submit(self, entry: _wire.LogEntry) -> bool:
         """Queue ``entry`` without waiting (any thread); ``False`` when full or closed."""
@@ -196,14 +198,15 @@ class Forwarder(IngestConnection):
             state, self.state = self.state, ForwarderState.CLOSED
         if state is not ForwarderState.RUNNING:
             return
-        loop = self._loop
-        assert loop is not None
-        with contextlib.suppress(RuntimeError):  # the loop is already closed
-            loop.call_soon_threadsafe(self._begin_close, timeout)
         # Under logging's module lock (dictConfig replacing its handlers) our thread may be
         # waiting for that lock to log: delivery then goes on after we return (as a server's).
-        if threading.get_ident() != self.thread_id and not holds_logging_lock():
-            self._stopped.wait(timeout + 1.0)
+        if self._loop_thread.call(self._begin_close, timeout):
+            self._loop_thread.wait(timeout + 1.0)
+
+    @property
+    def thread_id(self) -> int | None:
+        """The forwarder thread's id while it runs: records logged on it are never sent."""
+        return self._loop_thread.thread_id
 
     def abandon_after_fork(self) -> None:
         """In a process forked from this one: never use the parent's thread, loop or
@@ -211,6 +214,7 @@ class Forwarder(IngestConnection):
         :func:`wslogging.server.release_descriptors`)."""
         self.state = ForwarderState.CLOSED
         self._handoff = None
+        self._loop_thread.forget()
         ws, writer, self._writer = self._ws, self._writer, None
         with contextlib.suppress(Exception):
             sock = ws.get_extra_info("socket") if ws is not None else None
@@ -221,32 +225,10 @@ class Forwarder(IngestConnection):
 
     # -- forwarder thread -----------------------------------------------------------------
 
-    def _run(self) -> None:
-        self.thread_id = threading.get_ident()
-        loop = self._loop
-        assert loop is not None
-        asyncio.set_event_loop(loop)
-        try:
-            self._main = loop.create_task(self._forward())
-            with contextlib.suppress(asyncio.CancelledError):
-                loop.run_until_complete(self._main)
-        finally:
-            try:
-                # What the client left running (a connection attempt cut short by a cancel,
-                # say) ends here, closing its socket, as asyncio.run() does it.
-                left = asyncio.all_tasks(loop)
-                for task in left:
-                    task.cancel()
-                loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
-                if self.options.ssl_certfile:
-                    # A closed TLS connection waits for the server's close_notify before its
-                    # socket is closed: give it that moment (aiohttp's own advice), bounded.
-                    loop.run_until_complete(asyncio.sleep(TLS_SHUTDOWN))
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            finally:
-                loop.close()
-                self._connected.clear()
-                self._stopped.set()
+    async def _main_task(self) -> None:
+        """The thread's work: forward until closed (see :meth:`_forward`)."""
+        self._main = asyncio.current_task()
+        await self._forward()
 
     def _begin_close(self, timeout: float) -> None:
         """Stop taking records, send what is left, and give up after ``timeout``."""

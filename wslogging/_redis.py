@@ -14,7 +14,6 @@ import enum
 import logging
 import os
 import socket
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ from ._backoff import Backoff
 from ._handoff import Handoff
 from ._history import Held, LossMark
 from ._hub import Hub
+from ._loop_thread import LoopThread
 from ._stderr import say
 from ._streamids import (
     FIELD,
@@ -42,7 +42,6 @@ from ._streamids import (
     stream_value,
 )
 from ._wire import LogEntry
-from .server import holds_logging_lock
 
 # How a record source hands what it read to the server: entries in order, and whether loss
 # marks are among them.
@@ -169,13 +168,12 @@ class StreamAppender:
         self.keep_level = keep_level
         self._dropped = dropped
         self._count_drops = count_drops
-        self.thread_id: int | None = None
         self.link = Link.CONNECTING
+        # Its thread and loop (see LoopThread), made by start().
+        self._loop_thread = LoopThread("wslogging-redis")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handoff: Handoff[LogEntry] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._thread: threading.Thread | None = None
-        self._stopped = threading.Event()
         self._closing = False
         self._script: AsyncScript | None = None
         self._use_script = True
@@ -198,11 +196,10 @@ class StreamAppender:
         """Start the thread (without waiting for it: the caller may hold logging's lock)."""
         if self._loop is not None:
             raise RuntimeError("StreamAppender.start() may be called once; make a new one")
-        # Made here, on the caller's thread, for the reason LogServer.start gives.
-        self._loop = asyncio.new_event_loop()
+        # Made here, on the caller's thread (see LoopThread).
+        self._loop = self._loop_thread.make_loop()
         self._handoff = Handoff(self.queue_size, self._loop, keep_level=self.keep_level)
-        self._thread = threading.Thread(target=self._run, name="wslogging-redis", daemon=True)
-        self._thread.start()
+        self._loop_thread.start(self._main)
 
     def submit(self, entry: LogEntry) -> bool:
         """Queue ``entry`` without waiting (any thread); ``False`` when full or closed."""
@@ -215,18 +212,18 @@ class StreamAppender:
         """Append what is queued within about ``timeout`` seconds, then stop; what could not
         be appended by then is counted as dropped. Idempotent; waits (bounded) unless called
         from the appender's own thread."""
-        loop = self._loop
-        if loop is None or self._closing:
+        if self._loop is None or self._closing:
             return
         self._closing = True
-        try:
-            loop.call_soon_threadsafe(self._begin_close, timeout)
-        except RuntimeError:  # the loop is closed already
-            return
         # Under logging's module lock (dictConfig replacing this handler) our thread may be
-        # waiting for that lock (redis-py calls logging.getLogger on connect): do not wait.
-        if threading.get_ident() != self.thread_id and not holds_logging_lock():
-            self._stopped.wait(timeout + 1.0)
+        # waiting for that lock (redis-py calls logging.getLogger on connect): no wait then.
+        if self._loop_thread.call(self._begin_close, timeout):
+            self._loop_thread.wait(timeout + 1.0)
+
+    @property
+    def thread_id(self) -> int | None:
+        """The appender thread's id while it runs: records logged on it are never sent."""
+        return self._loop_thread.thread_id
 
     def _begin_close(self, timeout: float) -> None:
         assert self._handoff is not None
@@ -235,20 +232,10 @@ class StreamAppender:
         if self._task is not None:
             self._loop.call_later(timeout, self._task.cancel)
 
-    def _run(self) -> None:
-        self.thread_id = threading.get_ident()  # records logged here are never sent
-        loop = self._loop
-        assert loop is not None
-        asyncio.set_event_loop(loop)
-        try:
-            self._task = loop.create_task(self._append())
-            loop.run_until_complete(self._task)
-        except asyncio.CancelledError:
-            pass
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-            self._stopped.set()
+    async def _main(self) -> None:
+        """The thread's work: append until closed (see :meth:`_append`)."""
+        self._task = asyncio.current_task()
+        await self._append()
 
     async def _append(self) -> None:
         assert self._handoff is not None

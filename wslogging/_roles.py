@@ -16,13 +16,14 @@ import os
 import socket
 import threading
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from . import _rendezvous
 from ._belonging import Joiner, describe, differences, refusal
 from ._forwarder import Forwarder
 from ._rendezvous import Rendezvous, RendezvousError, keys_fingerprint
 from ._stderr import say
+from ._wire import LogEntry
 from .server import LogServer, ServerOptions, ServerState
 
 if TYPE_CHECKING:
@@ -72,6 +73,32 @@ def after_fork() -> None:
     _said_lock = threading.Lock()
 
 
+class Sink(Protocol):
+    """What a handler asks of the place its records go (:class:`LogServer`,
+    :class:`Forwarder` or :class:`StreamAppender`), each on a
+    :class:`~wslogging._loop_thread.LoopThread` of its own. A new sink is one more class with
+    this interface, chosen in the handler's constructor."""
+
+    @property
+    def port(self) -> int:
+        """The port served (by this process or the one forwarded to); 0 if none."""
+
+    @property
+    def url(self) -> str:
+        """Where clients find the records (or, for Redis, the stream's URL, masked)."""
+
+    @property
+    def thread_id(self) -> int | None:
+        """The sink's thread: records logged on it are never sent."""
+
+    def submit(self, entry: LogEntry) -> bool:
+        """Take ``entry`` without waiting (any thread); ``False``: the caller counts a drop."""
+
+    def close(self, timeout: float) -> None:
+        """Deliver what is queued within about ``timeout`` seconds, then stop (bounded;
+        never waiting under logging's module lock)."""
+
+
 class Roles(logging.Handler):
     """The part of a handler that decides where its records go and changes it. The state
     it works on is made by :class:`~wslogging.WebSocketHandler`'s constructor."""
@@ -96,7 +123,7 @@ class Roles(logging.Handler):
     # This process's server: None while it serves nothing (forwarding or appending).
     _server: LogServer | None
     # Where records go: the server, the forwarder, or the Redis appender.
-    _sink: LogServer | Forwarder | StreamAppender
+    _sink: Sink
 
     @property
     def url(self) -> str:
@@ -326,7 +353,6 @@ class Roles(logging.Handler):
             keys = keys_fingerprint(self._options.keys)
             found = Rendezvous(os.getppid(), self._secret, api_key, keys=keys)
             server.abandon_after_fork()
-            server.thread_id = None
             self._server = None
         if self._forwarder is not None:
             found = found or self._forwarder.rendezvous

@@ -12,8 +12,12 @@ Its parts are private modules, one concern each:
 - ``_responses``: errors, query parameters, and the bytes of a message or an event;
 - ``_sockets``: what lies below the routes (tracked connections, writes in slices, the loop);
 - ``_options`` and ``_source``: what a server is given, and records from elsewhere (Redis).
+
+Its thread and loop are a :class:`~wslogging._loop_thread.LoopThread`, as the forwarder's and
+the Redis appender's are.
 """
 
+from .._loop_thread import holds_logging_lock, new_event_loop
 from ._accepting import ACCEPT_BURST, ACCEPT_PAUSE, SWEEP_INTERVAL
 from ._api import PAGE_DEFAULT, PAGE_MAX
 from ._app import MAX_BATCH, MAX_REST, MIN_BATCH, LogServer
@@ -21,14 +25,7 @@ from ._core import KEY_ID
 from ._forwarders import FORWARDER_STATS, MAX_FORWARDERS, RESTARTING
 from ._guard import PUBLIC_PATHS
 from ._options import ForwarderStats, ServerOptions, ServerState, base_url, bind_socket
-from ._sockets import (
-    KEEPALIVE_IDLE,
-    STALL_HEARTBEATS,
-    WRITE_SLICE,
-    holds_logging_lock,
-    new_event_loop,
-    release_descriptors,
-)
+from ._sockets import KEEPALIVE_IDLE, STALL_HEARTBEATS, WRITE_SLICE, release_descriptors
 from ._source import SOURCE_WAIT, CountedIds, IdScheme, RecordSource
 from ._sse import SSE_RETRY_MS
 from ._websocket import MAX_CLIENT_ID, REVOKED

@@ -7,13 +7,11 @@ queue, see :class:`Handoff`); nothing else crosses between the two sides."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import errno
 import logging
 import socket
 import ssl
-import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -36,9 +34,7 @@ from ._forwarders import Ingest
 from ._options import ServerOptions, ServerState, base_url, bind_socket
 from ._sockets import (
     HANDLER_OPTIONS,
-    holds_logging_lock,
     http_log,
-    new_event_loop,
     release_descriptors,
     soft_nofile,
 )
@@ -107,9 +103,8 @@ class LogServer(Accepting, JsonApi, EventStreams, WebSockets, Ingest):
         self._sock = sock
         _servers.add(self)
         self.port = sock.getsockname()[1]
-        # Made here, on the caller's thread: asyncio logs while making a loop, and in the
-        # server thread that log call could wait for the lock dictConfig holds around us.
-        self._loop = new_event_loop()
+        # Made here, on the caller's thread (see LoopThread).
+        self._loop = self._loop_thread.make_loop()
         if self._source is None:
             self._handoff = Handoff(
                 self.options.queue_size,
@@ -118,10 +113,12 @@ class LogServer(Accepting, JsonApi, EventStreams, WebSockets, Ingest):
                 mark=True,
             )
         self.state = ServerState.RUNNING
-        self._thread = threading.Thread(
-            target=self._run, args=(sock, ssl_context), name="wslogging-server", daemon=True
-        )
-        self._thread.start()
+
+        def finish() -> None:  # once the loop is closed
+            sock.close()
+            self._released.set()
+
+        self._loop_thread.start(lambda: self._main(sock, ssl_context), finish)
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if not self.options.ssl_certfile:
@@ -155,11 +152,8 @@ class LogServer(Accepting, JsonApi, EventStreams, WebSockets, Ingest):
         has registered, so none slips through.
         """
         self._keys = KeyRing(keys)
-        loop = self._loop
-        if loop is None or self.state is not ServerState.RUNNING:
-            return
-        with contextlib.suppress(RuntimeError):  # the loop is already closed
-            loop.call_soon_threadsafe(self._close_revoked)
+        if self.state is ServerState.RUNNING:
+            self._loop_thread.call(self._close_revoked)
 
     def reconfigure(self, options: ServerOptions, dropped: Callable[[], int]) -> list[str]:
         """Serve on with ``options`` from now on (the same host, port and TLS files as now),
@@ -198,43 +192,34 @@ class LogServer(Accepting, JsonApi, EventStreams, WebSockets, Ingest):
         self.state = ServerState.CLOSED
         self._restarting = restarting
         # Under logging's module lock (dictConfig closing the handlers it replaces) the server
-        # thread may be waiting for that lock to log, so this thread must not wait for it:
-        # delivery then goes on after we return.
-        may_wait = threading.get_ident() != self.thread_id and not holds_logging_lock()
-        loop = self._loop
-        assert loop is not None
-        try:
-            loop.call_soon_threadsafe(self._begin_shutdown, timeout)
-        except RuntimeError:  # the loop is already closed
+        # thread may be waiting for that lock to log, so this thread does not wait for it
+        # (see LoopThread.wait): delivery then goes on after we return.
+        if not self._loop_thread.call(self._begin_shutdown, timeout):
             return
         # The budget covers delivery; closing the sockets afterwards takes up to a second more.
-        if may_wait and not self._stopped.wait(timeout + 2.0):
+        if self._loop_thread.may_wait() and not self._loop_thread.wait(timeout + 2.0):
             say("the server did not stop in time")
 
-    def _run(self, sock: socket.socket, ssl_context: ssl.SSLContext | None) -> None:
-        self.thread_id = threading.get_ident()  # records logged here are never streamed
-        loop = self._loop
-        assert loop is not None
-        asyncio.set_event_loop(loop)
+    @property
+    def thread_id(self) -> int | None:
+        """The server thread's id while it runs: records logged on it are never streamed."""
+        return self._loop_thread.thread_id
+
+    async def _main(self, sock: socket.socket, ssl_context: ssl.SSLContext | None) -> None:
+        """The server thread's work: serve on ``sock`` until :meth:`_shutdown` is over (see
+        :class:`LoopThread` for what follows: leftovers cancelled, the loop closed, then the
+        listening socket)."""
+        self._done = asyncio.get_running_loop().create_future()
         try:
-            try:
-                loop.run_until_complete(self._serve(sock, ssl_context))
-            except Exception as exc:
-                say(f"the server could not start: {exc!r}")
-                self.state = ServerState.CLOSED  # later records are counted as dropped
-                return
-            self._served = True
-            if self.state is not ServerState.RUNNING:  # closed while we were starting
-                self._begin_shutdown(self._close_budget)
-            loop.run_forever()
-        finally:
-            try:
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            finally:
-                loop.close()
-                sock.close()
-                self._released.set()
-                self._stopped.set()
+            await self._serve(sock, ssl_context)
+        except Exception as exc:
+            say(f"the server could not start: {exc!r}")
+            self.state = ServerState.CLOSED  # later records are counted as dropped
+            return
+        self._served = True
+        if self.state is not ServerState.RUNNING:  # closed while we were starting
+            self._begin_shutdown(self._close_budget)
+        await self._done
 
     async def _serve(self, sock: socket.socket, ssl_context: ssl.SSLContext | None) -> None:
         app = web.Application(middlewares=[self._guard], client_max_size=64 * 1024)
@@ -334,7 +319,8 @@ class LogServer(Accepting, JsonApi, EventStreams, WebSockets, Ingest):
         try:
             await self._close_everything(budget)
         finally:
-            asyncio.get_running_loop().stop()
+            if not self._done.done():
+                self._done.set_result(None)  # _main is over
 
     async def _close_everything(self, budget: float) -> None:
         loop = asyncio.get_running_loop()
@@ -389,6 +375,7 @@ class LogServer(Accepting, JsonApi, EventStreams, WebSockets, Ingest):
         """
         self.state = ServerState.CLOSED
         self._handoff = None
+        self._loop_thread.forget()
         descriptors = [c.fileno for c in self._table.connections()]
         if self._sock is not None:
             descriptors.append(self._sock.fileno())

@@ -23,6 +23,7 @@ from .._filters import Filter, FilterError, filter_from_query
 from .._handoff import Handoff, Lost
 from .._history import Resume, SinceError
 from .._hub import Client, Hub
+from .._loop_thread import LoopThread
 from ._options import ForwarderStats, ServerOptions, ServerState
 from ._responses import bad_request, error, since_text
 from ._sockets import TrackedConnection, soft_nofile
@@ -89,12 +90,12 @@ class ServerCore:
         self._source = source
         self._ids: IdScheme = source.attach(self.hub) if source else CountedIds()
         self.port = 0
-        self.thread_id: int | None = None
         self._handoff: Handoff[_wire.LogEntry | Lost] | None = None
+        # The server thread and its loop (made by start()).
+        self._loop_thread = LoopThread("wslogging-server")
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._connections: set[asyncio.Task[Any]] = set()
-        self._stopped = threading.Event()
+        self._stopped = self._loop_thread.stopped
         # Set once the listening socket is closed (see _wait_for_release).
         self._released = threading.Event()
         self._served = False

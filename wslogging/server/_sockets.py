@@ -125,23 +125,6 @@ def release_descriptors(descriptors: list[int]) -> None:
         os.close(devnull)
 
 
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """The server's loop: uvloop's when ``WSLOGGING_UVLOOP=1`` is set and uvloop is installed
-    (the ``fast`` extra does not install it), else asyncio's own.
-
-    Opt-in: uvloop cuts the server's own CPU per client, but it is another C extension in
-    someone else's process, and asyncio's loop is what every test runs on by default.
-    """
-    if os.environ.get("WSLOGGING_UVLOOP", "").strip() == "1":
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
-
-
 def unsent(transport: asyncio.BaseTransport | None) -> int | None:
     """Bytes written to ``transport`` that the peer has not taken yet: asyncio's buffer plus
     the kernel's send queue (Linux's SIOCOUTQ); ``None`` where that cannot be known."""
@@ -170,9 +153,3 @@ async def write_in_slices(
     for start in range(0, len(view), WRITE_SLICE):
         async with asyncio.timeout(stall):
             await write(view[start : start + WRITE_SLICE])
-
-
-def holds_logging_lock() -> bool:
-    """Whether this thread holds logging's module lock (an RLock, which knows its owner)."""
-    is_owned = getattr(getattr(logging, "_lock", None), "_is_owned", None)
-    return bool(is_owned is not None and is_owned())
