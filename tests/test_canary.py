@@ -26,7 +26,7 @@ import pytest
 from conftest import AUTH, KEY, TIMEOUT
 
 import wslogging
-from wslogging._ingest_client import DIRECT_BURST
+from wslogging.sinks._ingest_client import DIRECT_BURST
 
 Configure = Callable[..., wslogging.WebSocketHandler]
 

@@ -33,6 +33,7 @@ from conftest import (
 
 import wslogging
 import wslogging.server._forwarders
+import wslogging.sinks._ingest_client
 from wslogging import _ingest, _rendezvous
 from wslogging._belonging import describe
 from wslogging._filters import Filter
@@ -912,7 +913,7 @@ def test_a_server_out_of_reach_is_told_once_and_only_when_it_lasts(
     """A serving process that cannot be reached (here: the port's holder hangs up on every
     connection) is told in one line, once it has lasted REPORT_AFTER, saying what to
     check; the failed tries before and after it say nothing."""
-    monkeypatch.setattr(wslogging._ingest_client, "REPORT_AFTER", 0.5)
+    monkeypatch.setattr(wslogging.sinks._ingest_client, "REPORT_AFTER", 0.5)
     tries = 0
     with socket.create_server(("127.0.0.1", 0)) as holder:
         port = holder.getsockname()[1]

@@ -723,7 +723,7 @@ def test_backend_handler_redis_unreachable(capfd: pytest.CaptureFixture[str]) ->
 )
 def test_mask_url(url: str, shown: str) -> None:
     """URLs are shown without their password, wherever it was put."""
-    from wslogging._redis import mask_url
+    from wslogging.sinks._redis import mask_url
 
     assert shown == mask_url(url)
 

@@ -16,18 +16,18 @@ import os
 import socket
 import threading
 import weakref
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from . import _rendezvous
 from ._belonging import Joiner, describe, differences, refusal
-from ._forwarder import Forwarder
 from ._rendezvous import Rendezvous, RendezvousError, keys_fingerprint
 from ._stderr import say
-from ._wire import LogEntry
 from .server import LogServer, ServerOptions, ServerState
+from .sinks import Sink
+from .sinks._forwarder import Forwarder
 
 if TYPE_CHECKING:
-    from ._redis import StreamAppender
+    from .sinks._redis import StreamAppender
 
 # How long close() may spend delivering what is queued before it gives up.
 CLOSE_TIMEOUT = 2.0
@@ -71,32 +71,6 @@ def after_fork() -> None:
     """In a forked child: a fresh lock for the lines said once (the parent's may be held)."""
     global _said_lock
     _said_lock = threading.Lock()
-
-
-class Sink(Protocol):
-    """What a handler asks of the place its records go (:class:`LogServer`,
-    :class:`Forwarder` or :class:`StreamAppender`), each on a
-    :class:`~wslogging._loop_thread.LoopThread` of its own. A new sink is one more class with
-    this interface, chosen in the handler's constructor."""
-
-    @property
-    def port(self) -> int:
-        """The port served (by this process or the one forwarded to); 0 if none."""
-
-    @property
-    def url(self) -> str:
-        """Where clients find the records (or, for Redis, the stream's URL, masked)."""
-
-    @property
-    def thread_id(self) -> int | None:
-        """The sink's thread: records logged on it are never sent."""
-
-    def submit(self, entry: LogEntry) -> bool:
-        """Take ``entry`` without waiting (any thread); ``False``: the caller counts a drop."""
-
-    def close(self, timeout: float) -> None:
-        """Deliver what is queued within about ``timeout`` seconds, then stop (bounded;
-        never waiting under logging's module lock)."""
 
 
 class Roles(logging.Handler):
@@ -389,7 +363,7 @@ def appender(handler: Roles, backend: str, stream: str, options: ServerOptions) 
     """The Redis appender for ``backend=``; ``ValueError`` for a bad URL or stream name, or
     without redis-py."""
     try:
-        from ._redis import StreamAppender, check_url
+        from .sinks._redis import StreamAppender, check_url
     except ImportError:
         raise ValueError("backend= needs redis-py: pip install 'wslogging[redis]'") from None
     check_url(backend)

@@ -142,7 +142,7 @@ def _serve_redis(args: argparse.Namespace, url: str, options: Any, with_key: str
     from ..server import LogServer
 
     try:
-        from .._redis import StreamReader, check_url, mask_url
+        from ..sinks._redis import StreamReader, check_url, mask_url
     except ImportError:
         print("wslogging serve: needs redis-py: pip install 'wslogging[redis]'", file=sys.stderr)
         return EXIT_USAGE

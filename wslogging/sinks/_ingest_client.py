@@ -2,7 +2,7 @@
 :mod:`wslogging._ingest`): the handshake, batches and drop counts, heartbeats, and the
 records app threads write themselves while the connection is idle (:class:`_Writer`).
 
-:class:`IngestConnection` is that part of :class:`~wslogging._forwarder.Forwarder`, which
+:class:`IngestConnection` is that part of :class:`~wslogging.sinks._forwarder.Forwarder`, which
 owns the lifecycle, the queue and the takeover of the port.
 """
 
@@ -18,10 +18,10 @@ from collections.abc import Callable
 
 import aiohttp
 
-from . import _ingest, _wire
-from ._handoff import Handoff
-from ._rendezvous import Rendezvous
-from .server import RESTARTING, ServerOptions
+from .. import _ingest, _wire
+from .._handoff import Handoff
+from .._rendezvous import Rendezvous
+from ..server import RESTARTING, ServerOptions
 
 # How long a connection may go without a pong before it is given up (a server stopped with
 # SIGSTOP, say; one that exits closes it at once).
@@ -189,7 +189,7 @@ class _Writer:
 
 class IngestConnection:
     """One connection at a time to the serving process, and what is sent on it. The state
-    it shares with the forwarder is made by :class:`~wslogging._forwarder.Forwarder`."""
+    it shares with the forwarder is made by :class:`~wslogging.sinks._forwarder.Forwarder`."""
 
     options: ServerOptions
     # The pid of the process served by, once connected (None while not connected).

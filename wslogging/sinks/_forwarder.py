@@ -25,19 +25,19 @@ from collections.abc import Callable
 
 import aiohttp
 
-from . import _ingest, _rendezvous, _wire
-from ._backoff import Backoff
-from ._handoff import Handoff
-from ._ingest_client import IngestConnection, _Writer
-from ._loop_thread import LoopThread
-from ._rendezvous import Rendezvous, RendezvousError
-from .server import (
+from .. import _ingest, _rendezvous, _wire
+from .._backoff import Backoff
+from .._handoff import Handoff
+from .._loop_thread import LoopThread
+from .._rendezvous import Rendezvous, RendezvousError
+from ..server import (
     LogServer,
     ServerOptions,
     base_url,
     bind_socket,
     release_descriptors,
 )
+from ._ingest_client import IngestConnection, _Writer
 
 # Reconnect delays while the serving process cannot be reached: short, since a takeover is
 # over in milliseconds; doubling up to the cap, with jitter so that workers do not march in

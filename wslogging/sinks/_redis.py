@@ -26,13 +26,13 @@ from redis.backoff import NoBackoff
 from redis.connection import parse_url as _parse_url
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
-from ._backoff import Backoff
-from ._handoff import Handoff
-from ._history import Held, LossMark
-from ._hub import Hub
-from ._loop_thread import LoopThread
-from ._stderr import say
-from ._streamids import (
+from .._backoff import Backoff
+from .._handoff import Handoff
+from .._history import Held, LossMark
+from .._hub import Hub
+from .._loop_thread import LoopThread
+from .._stderr import say
+from .._streamids import (
     FIELD,
     StreamPositions,
     entry_from_stream,
@@ -41,7 +41,7 @@ from ._streamids import (
     stream_fields,
     stream_value,
 )
-from ._wire import LogEntry
+from .._wire import LogEntry
 
 # How a record source hands what it read to the server: entries in order, and whether loss
 # marks are among them.
