@@ -861,7 +861,9 @@ async def test_uvicorn_workers_join_the_main_process_without_a_key(
 ) -> None:
     """uvicorn ``--workers 2 --log-config`` with no key configured: the main process serves
     with its made-up key, and the workers it spawned (each made up a key of its own) join it,
-    silently; their records arrive."""
+    silently; their records arrive. Stopped with SIGTERM, each worker's last lines (uvicorn's
+    shutdown, logged right before it re-raises the signal and dies by it, without
+    ``logging.shutdown()``) reach a connected client, and its end is a ``gap(source)``."""
     pytest.importorskip("uvicorn")
     port = free_port()
     (tmp_path / "app.py").write_text(UVICORN_APP)
@@ -870,7 +872,10 @@ async def test_uvicorn_workers_join_the_main_process_without_a_key(
         "version": 1,
         "disable_existing_loggers": False,
         "handlers": {"live": handler},
-        "loggers": {"app": {"level": "INFO", "handlers": ["live"]}},
+        "loggers": {
+            "app": {"level": "INFO", "handlers": ["live"]},
+            "uvicorn": {"level": "INFO", "handlers": ["live"]},
+        },
     }
     (tmp_path / "log.json").write_text(json.dumps(config))
     # A session of its own: its workers, which outlive a killed main process, are killed
@@ -899,12 +904,31 @@ async def test_uvicorn_workers_join_the_main_process_without_a_key(
         async with asyncio.timeout(TIMEOUT):
             while not (len(seen := await workers()) == 2 and all(seen.values())):
                 await asyncio.sleep(0.05)
-        main.terminate()
-        _, err = main.communicate(timeout=TIMEOUT)
+        frames: list[dict[str, Any]] = []
+        url = f"http://127.0.0.1:{port}/ws/logs?since=0"
+        async with session.ws_connect(url, headers=headers) as ws:
+            assert "hello" == json.loads(await ws.receive_str(timeout=TIMEOUT))["type"]
+            main.terminate()
+            async with asyncio.timeout(TIMEOUT):
+                async for message in ws:  # until the main process closes the stream
+                    if message.type is aiohttp.WSMsgType.TEXT:
+                        frames.append(json.loads(message.data))
+        _, err = await asyncio.to_thread(main.communicate, timeout=TIMEOUT)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(main.pid, signal.SIGKILL)
     assert [] == [line for line in err.splitlines() if "wslogging" in line]
+    last = ("Waiting for application shutdown.", "Application shutdown complete.", "Finished")
+    for pid in seen:
+        mine = [n for n, f in enumerate(frames) if f["type"] == "log" and f["pid"] == pid]
+        logged = [frames[n]["log"] for n in mine]
+        missing = [text for text in last if not any(line.startswith(text) for line in logged)]
+        assert [] == missing, (pid, logged[-5:], [f for f in frames if f["type"] == "gap"])
+        # The end of its connection, without a close, is told after its last record (the
+        # ends of both workers may be told in one gap: losses in a row are told as one).
+        assert any(f["type"] == "gap" and f["reason"] == "source" for f in frames[mine[-1] :]), (
+            frames[mine[-1] :]
+        )
 
 
 def test_a_server_out_of_reach_is_told_once_and_only_when_it_lasts(

@@ -59,6 +59,26 @@ async def test_shutdown_refuses_then_drains() -> None:
     assert [[1, 2], []] == [await handoff.get_batch(10), await handoff.get_batch(10)]
 
 
+async def test_take_now_from_an_app_thread() -> None:
+    """An app thread takes what is queued, in order, without the loop (a forwarding process
+    writing it before its own record): ``[]`` when nothing is, ``None`` once shut and
+    drained; what is left after it is the loop's, in order."""
+    handoff: Handoff[int] = Handoff(100, asyncio.get_running_loop())
+    for n in range(5):
+        handoff.put(n)
+
+    taken = await asyncio.to_thread(handoff.take_now, 3)
+    assert [0, 1, 2] == taken
+    assert [3, 4] == await handoff.get_batch(10)
+    assert [] == await asyncio.to_thread(handoff.take_now, 3)
+    handoff.put(5)
+    handoff.shutdown()
+    assert [[5], None] == [
+        await asyncio.to_thread(handoff.take_now, 3),
+        await asyncio.to_thread(handoff.take_now, 3),
+    ]
+
+
 async def test_shutdown_ends_a_waiting_consumer() -> None:
     """A consumer waiting on an empty queue gets ``[]`` as soon as it is shut down."""
     handoff: Handoff[int] = Handoff(10, asyncio.get_running_loop())

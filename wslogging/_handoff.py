@@ -223,6 +223,20 @@ class Handoff(Generic[T]):
             return None
         return items
 
+    def take_now(self, limit: int) -> list[T] | None:
+        """:meth:`take`, from any thread (a forwarding process's app thread that writes
+        what is queued before its own record, see ``sinks._ingest_client``), never waiting
+        but for the queue's own lock."""
+        queue = self._queue
+        queue.take = limit
+        try:
+            items: list[T] = queue.sync_q.get_nowait()
+        except janus.SyncQueueEmpty:
+            return []
+        except janus.SyncQueueShutDown:
+            return None
+        return items
+
     async def get_batch(
         self, limit: int, take: Callable[[int], list[T] | None] | None = None
     ) -> list[T]:

@@ -10,7 +10,7 @@ from aiohttp import WSMsgType, web
 from .. import _ingest, _wire
 from .._ingest import IngestError
 from ._guard import Guarded
-from ._options import ForwarderStats, ServerState
+from ._options import ForwarderStats
 from ._responses import bad_request, error
 
 # The close code (RFC 6455's "service restart") that tells forwarders this process serves the
@@ -86,10 +86,12 @@ class Ingest(Guarded):
             self._ingest_sockets.discard(ws)
             if stats is not None:
                 stats.connected = False
-                if not orderly and self.state is ServerState.RUNNING:
+                if not orderly and self._handoff is not None:
                     # What it still held (and how much it dropped since it last said) is
-                    # lost with it.
-                    self._handoff.lost(None, "source")  # type: ignore[union-attr]
+                    # lost with it. Told while this server is closing too (a worker that
+                    # died just before its master stopped): the hand-off takes it until
+                    # the server's close has shut it, and then says nothing.
+                    self._handoff.lost(None, "source")
         return ws
 
     async def _ingest_frames(self, ws: web.WebSocketResponse, stats: ForwarderStats) -> bool:

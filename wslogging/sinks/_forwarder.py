@@ -182,7 +182,7 @@ class Forwarder(IngestConnection):
         if (
             writer is not None
             and self._dropped() == self._reported  # else the queue, which reports them first
-            and writer.write_now(entry, handoff.qsize)
+            and writer.write_now(entry, handoff.qsize, handoff.take_now)
         ):
             return True
         if handoff.put(entry):

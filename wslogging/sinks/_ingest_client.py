@@ -38,6 +38,9 @@ DIRECT_BURST = 200
 # How long the serving process may stay out of reach before the forwarder says so: less is a
 # server going away or restarting, which another one (or this process) takes over at once.
 REPORT_AFTER = 3.0
+# Longest wait of an app thread for the writer's lock, which another thread holds only to
+# take from the queue and make a non-blocking send: a bound in case, never reached in practice.
+LOCK_WAIT = 0.02
 
 
 class _Writer:
@@ -45,21 +48,33 @@ class _Writer:
     thread and the app's threads: every frame goes onto the socket whole and in order.
 
     A thread that logs writes its record itself (:meth:`write_now`) while the connection is
-    idle (nothing queued, no batch taken from the queue and not yet written, nothing left of
-    an earlier frame) and records come no faster than :data:`DIRECT_RATE`. It never waits:
-    the lock is only tried, the socket never blocks (a socket too full to take a byte leaves
-    the record to the queue), and the rest of a frame the socket took only part of is
-    written by the forwarder's thread. That thread writes with :meth:`write`, waiting on its
-    loop for the socket to take each frame.
+    idle (no batch taken from the queue and not yet written, nothing left of an earlier
+    frame) and records come no faster than :data:`DIRECT_RATE`, together with whatever is
+    queued before it (a record of another thread that found the lock taken, say): so the
+    last records a process logs are on their way even if they came from several threads at
+    once. It never waits for the socket or the server: the lock is held only for work that
+    never blocks (as the queue's own lock is; see :data:`LOCK_WAIT`), the socket never
+    blocks, and the rest of what the socket took only part of is written by the forwarder's
+    thread. That thread
+    writes with :meth:`write`, waiting on its loop for the socket to take each frame.
 
     The socket is a duplicate of the connection's: aiohttp's transport still reads from the
     connection and makes its closing handshake, and never writes while this is in use.
     """
 
-    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        loop: asyncio.AbstractEventLoop,
+        pack: Callable[[list[_wire.LogEntry]], list[bytes]],
+    ) -> None:
         self.lock = threading.Lock()
         # Under the lock: a batch is out of the queue and not yet written.
         self.taken = False
+        # Under the lock: records an app thread took from the queue and could not write
+        # (the connection broke); the forwarder's thread sends them first on the next one.
+        self.returned: list[_wire.LogEntry] = []
+        self._pack = pack
         self._sock = sock
         self._loop = loop
         self._rest: bytes | memoryview = b""  # under the lock: what the socket has yet to take
@@ -73,47 +88,73 @@ class _Writer:
     def fileno(self) -> int:
         return self._sock.fileno()
 
+    @property
+    def pending(self) -> bool:
+        """Whether something written earlier is still to be sent, or the socket is gone."""
+        return bool(self._rest) or not self._open
+
     def frame(self, opcode: int, payload: bytes) -> bytes:
         return _ingest.client_frame(opcode, payload, os.urandom(4))
 
-    def write_now(self, entry: _wire.LogEntry, queued: Callable[[], int]) -> bool:
-        """Any thread: write ``entry`` at once if the connection is idle and takes it;
-        whether it did (if not, nothing was written, and the caller queues ``entry``)."""
+    def write_now(
+        self,
+        entry: _wire.LogEntry,
+        queued: Callable[[], int],
+        take: Callable[[int], list[_wire.LogEntry] | None],
+    ) -> bool:
+        """Any thread: write ``entry`` at once, after whatever is queued (``take``), if the
+        connection is idle and the rate allows them all; whether it did (if not, nothing of
+        it was written, and the caller queues ``entry``)."""
         if (
             self.taken
             or self._rest
             or not self._open
             or (self._tokens < 1 and (time.monotonic() - self._filled) * DIRECT_RATE < 1)
-            or queued()
         ):
             return False  # a look without the lock, to spare the work below
-        payload = _wire.pack_entries((entry,))
-        if len(payload) > _ingest.MAX_FRAME:
-            return False  # the forwarder's thread drops (and counts) it
-        frame = self.frame(_ingest.OP_BINARY, payload)
-        if not self.lock.acquire(blocking=False):
-            return False  # another thread is writing: never wait for it
+        # Another thread may be writing: its hold of the lock is a few microseconds of work
+        # that never waits (as with the queue's own lock), but under the GIL it may be
+        # paused in the middle, and a record that then went to the queue would wait there
+        # for the forwarder's thread. Waiting lets the holder finish (bounded, in case).
+        if not self.lock.acquire(timeout=LOCK_WAIT):
+            return False
         try:
-            if self.taken or self._rest or not self._open or queued():
+            if self.taken or self._rest or not self._open:
                 return False
             now = time.monotonic()
             tokens = min(DIRECT_BURST, self._tokens + (now - self._filled) * DIRECT_RATE)
             self._filled = now
-            if tokens < 1:
+            waiting = queued()
+            if tokens < waiting + 1:
                 self._tokens = tokens
-                return False
-            sent = self._send(frame)
-            if not sent:
+                return False  # a storm: the queue's way, in batches
+            entries = take(waiting) if waiting else []
+            if entries is None or len(entries) < waiting:
                 self._tokens = tokens
+                return False  # closing: the forwarder's thread sends what is left
+            entries.append(entry)
+            self._tokens = tokens - len(entries)
+            if not self.write_locked(entries):
+                # Broken: what was taken goes first on the next connection.
+                self.returned += entries[:-1]
                 return False
-            self._tokens = tokens - 1
-            if sent < len(frame):
-                self._rest = memoryview(frame)[sent:]
-                with contextlib.suppress(RuntimeError):  # the loop is closed
-                    self._loop.call_soon_threadsafe(self._finish)
             return True
         finally:
             self.lock.release()
+
+    def write_locked(self, entries: list[_wire.LogEntry]) -> bool:
+        """With the lock held and nothing left of an earlier write: put ``entries`` on the
+        socket, as much as it takes now, the rest for the forwarder's thread to finish;
+        ``False`` (nothing written) if the connection is broken."""
+        data = b"".join(self.frame(_ingest.OP_BINARY, p) for p in self._pack(entries))
+        sent = self._send(data) if data else 0
+        if not self._open:
+            return False
+        if sent < len(data):
+            self._rest = memoryview(data)[sent:]
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                self._loop.call_soon_threadsafe(self._finish)
+        return True
 
     def _send(self, data: bytes | memoryview) -> int:
         """Write what the socket takes of ``data`` now (the lock held); how much."""
@@ -295,7 +336,7 @@ class IngestConnection:
         if self.options.ssl_certfile or sock is None:
             return  # TLS: only the loop's transport can write
         assert self._loop is not None
-        writer = _Writer(socket.socket(fileno=os.dup(sock.fileno())), self._loop)
+        writer = _Writer(socket.socket(fileno=os.dup(sock.fileno())), self._loop, self._frames)
         writer.taken = bool(self._pending)  # a batch a broken connection left goes first
         self._writer = writer
 
@@ -303,16 +344,28 @@ class IngestConnection:
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
+            # Taken by app threads before any batch now pending (see _Writer.write_now).
+            self._pending = writer.returned + self._pending
 
     def _take(self, limit: int) -> list[_wire.LogEntry] | None:
         """Records from the queue; while app threads may write, noted as taken in the same
-        hold of the writer's lock, so that none writes ahead of them."""
+        hold of the writer's lock, so that none writes ahead of them. While the connection is
+        idle they are written there and then, in that same hold, and none is returned."""
         assert self._handoff is not None
         writer = self._writer
         if writer is None:
             return self._handoff.take(limit)
         with writer.lock:
             entries = self._handoff.take(limit)
+            if (
+                entries
+                and not writer.pending
+                and self._dropped() == self._reported  # else the drops are told first
+                and writer.write_locked(entries)
+            ):
+                # On their way at once, as an app thread's own records are: a process that
+                # dies the next moment (a signal) has them in the kernel already.
+                return []
             writer.taken = bool(entries)
         return entries
 
