@@ -110,8 +110,9 @@ class _Writer:
             or self._rest
             or not self._open
             or (self._tokens < 1 and (time.monotonic() - self._filled) * DIRECT_RATE < 1)
+            or queued() >= DIRECT_BURST
         ):
-            return False  # a look without the lock, to spare the work below
+            return False  # a look without the lock, to spare the work (and wait) below
         # Another thread may be writing: its hold of the lock is a few microseconds of work
         # that never waits (as with the queue's own lock), but under the GIL it may be
         # paused in the middle, and a record that then went to the queue would wait there
@@ -359,6 +360,7 @@ class IngestConnection:
             entries = self._handoff.take(limit)
             if (
                 entries
+                and len(entries) <= DIRECT_BURST  # a storm's batches are packed unlocked
                 and not writer.pending
                 and self._dropped() == self._reported  # else the drops are told first
                 and writer.write_locked(entries)
